@@ -1,0 +1,360 @@
+"""
+The NETCONF client protocol (RFC 6241) over any byte transport.
+
+:class:`NetconfSession` is a plain Twisted ``Protocol``: on a call home its
+transport is the SSH ``netconf`` subsystem channel, in unit tests a
+``StringTransport``.  It sends our hello at once, waits for the device's,
+picks the framing both sides support, then matches ``<rpc-reply>`` to the
+Deferred that :meth:`NetconfSession.rpc` returned by message-id.
+
+A device that breaks the protocol (bad framing, hostile or malformed XML, a
+second hello, a reply to nothing we asked) gets its session closed with a
+specific reason in :attr:`NetconfSession.close_reason`; every RPC still
+waiting then fails with :class:`SessionClosed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lxml import etree
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from callhome.netconf import xml
+from callhome.netconf.framing import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ChunkedFramer,
+    EndOfMessageFramer,
+    FramingError,
+)
+
+
+class SessionClosed(Exception):
+    """The NETCONF session ended before the RPC was answered."""
+
+
+class RPCTimeout(Exception):
+    """The device did not answer an RPC in time."""
+
+
+class HelloTimeout(Exception):
+    """The device did not send its hello in time."""
+
+
+@dataclass(frozen=True)
+class RPCReply:
+    """
+    A successful ``<rpc-reply>``.
+
+    @ivar raw: the reply exactly as the device sent it (what results store).
+    @ivar root: the parsed ``<rpc-reply>`` element.
+    @ivar warnings: ``<rpc-error>`` entries of severity warning.
+    """
+
+    message_id: str
+    raw: bytes
+    root: etree._Element
+    warnings: list[xml.RPCError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the reply is a bare ``<ok/>``."""
+        return self.root.find(xml.qname("ok")) is not None
+
+    @property
+    def data(self) -> etree._Element | None:
+        """The ``<data>`` element of a get/get-config reply, if any."""
+        return self.root.find(xml.qname("data"))
+
+
+NotificationHandler = Callable[[etree._Element, bytes], None]
+
+
+class NetconfSession(Protocol):
+    """
+    One NETCONF client session.
+
+    @ivar hello_received: fires with the device's L{xml.Hello} once hellos
+        are exchanged; fails if the session ends first.
+    @ivar closed: fires with the close reason (a string) when the transport
+        is gone.
+    """
+
+    log = Logger(namespace="callhome.netconf")
+
+    #: Capabilities we offer; base:1.1 is added when enabled.
+    CLIENT_CAPABILITIES = (xml.BASE_1_0,)
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        offer_base_1_1: bool = True,
+        hello_timeout: float = 30.0,
+        rpc_timeout: float = 60.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        on_notification: NotificationHandler | None = None,
+        label: str = "",
+    ) -> None:
+        self.clock = clock
+        self.offer_base_1_1 = offer_base_1_1
+        self.hello_timeout = hello_timeout
+        self.rpc_timeout = rpc_timeout
+        self.max_message_size = max_message_size
+        self.on_notification = on_notification
+        self.label = label
+        self.hello: xml.Hello | None = None
+        self.close_reason: str | None = None
+        self.hello_received: defer.Deferred[xml.Hello] = defer.Deferred()
+        self.closed: defer.Deferred[str] = defer.Deferred()
+        self.bytes_received = 0
+        self._framer: EndOfMessageFramer | ChunkedFramer = EndOfMessageFramer(max_message_size)
+        self._chunked = False
+        self._next_message_id = 1
+        self._pending: dict[str, defer.Deferred[RPCReply]] = {}
+        # Ids of RPCs we gave up on: a late reply to one is dropped, not
+        # treated as a reply to something we never asked.
+        self._abandoned: set[str] = set()
+        self._hello_timer: IDelayedCall | None = None
+        self._connected = False
+
+    # --- Protocol -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Send our hello and start waiting for the device's."""
+        self._connected = True
+        capabilities = list(self.CLIENT_CAPABILITIES)
+        if self.offer_base_1_1:
+            capabilities.append(xml.BASE_1_1)
+        self.transport.write(EndOfMessageFramer.encode(xml.hello(capabilities)))
+        self._hello_timer = self.clock.callLater(self.hello_timeout, self._hello_timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Frame, parse and dispatch what the device sent."""
+        if self.close_reason is not None:
+            return
+        self.bytes_received += len(data)
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        """Feed the current framer and handle the messages it completes."""
+        try:
+            if isinstance(self._framer, EndOfMessageFramer) and self.hello is None:
+                # Stop at the hello: what follows may be chunked.
+                messages = self._framer.feed(data, max_messages=1)
+            else:
+                messages = self._framer.feed(data)
+        except FramingError as e:
+            self.abort(f"framing error: {e}")
+            return
+        for message in messages:
+            if self.close_reason is not None:
+                return
+            if self.hello is None:
+                hello_framer = self._framer
+                self._handle_hello_message(message)
+                if self.hello is not None:
+                    # Whatever followed the hello goes to the framer now in
+                    # use: the chunked one, or the same one continuing.
+                    if self._framer is not hello_framer:
+                        self._receive(hello_framer.take_remaining())  # type: ignore[union-attr]
+                    else:
+                        self._receive(b"")
+                return
+            self._handle(message)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Fail every pending RPC and report the session closed."""
+        self._connected = False
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        if self.close_reason is None:
+            self.close_reason = "connection closed"
+        error = SessionClosed(self.close_reason)
+        pending, self._pending = self._pending, {}
+        for deferred in pending.values():
+            deferred.errback(error)
+        if not self.hello_received.called:
+            self.hello_received.errback(SessionClosed(self.close_reason))
+        self.closed.callback(self.close_reason)
+
+    # --- our API ------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The session-id the device gave in its hello."""
+        return self.hello.session_id if self.hello else None
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The capabilities the device gave in its hello."""
+        return self.hello.capabilities if self.hello else ()
+
+    @property
+    def framing(self) -> str:
+        """``base:1.1`` (chunked) or ``base:1.0`` (end-of-message)."""
+        return "base:1.1" if self._chunked else "base:1.0"
+
+    def rpc(self, operation: etree._Element | bytes | str, timeout: float | None = None) -> defer.Deferred[RPCReply]:
+        """
+        Send an operation; return a Deferred for its reply.
+
+        The Deferred fails with L{xml.RPCError} on an ``rpc-error`` of
+        severity error, L{RPCTimeout} after C{timeout} seconds (default: the
+        session's), and L{SessionClosed} if the session ends first.
+        Cancelling it abandons the RPC.
+        """
+        if self.hello is None:
+            return defer.fail(SessionClosed("no NETCONF session established"))
+        if self.close_reason is not None or not self._connected:
+            return defer.fail(SessionClosed(self.close_reason or "session closed"))
+        message_id = str(self._next_message_id)
+        self._next_message_id += 1
+
+        def cancel(deferred: defer.Deferred[RPCReply]) -> None:
+            if self._pending.pop(message_id, None) is not None:
+                self._abandoned.add(message_id)
+
+        deferred: defer.Deferred[RPCReply] = defer.Deferred(cancel)
+        self._pending[message_id] = deferred
+        self._send(xml.rpc(message_id, operation))
+        seconds = self.rpc_timeout if timeout is None else timeout
+
+        def timed_out(failure: Failure) -> Failure:
+            failure.trap(defer.CancelledError, defer.TimeoutError)
+            if failure.check(defer.TimeoutError):
+                raise RPCTimeout(f"no reply to rpc {message_id} within {seconds:g}s")
+            return failure
+
+        deferred.addTimeout(seconds, self.clock)
+        deferred.addErrback(timed_out)
+        return deferred
+
+    def close(self, timeout: float = 10.0) -> defer.Deferred[str]:
+        """
+        End the session politely: ``<close-session>``, then disconnect.
+
+        Returns L{closed}.  The transport is closed whether or not the device
+        answers, so a stalled device cannot keep the session open.
+        """
+        if self._connected and self.hello is not None and self.close_reason is None:
+            d = self.rpc(xml.close_session(), timeout=timeout)
+            d.addErrback(lambda f: None)
+            d.addBoth(lambda _: self._disconnect("closed by manager"))
+        elif self._connected:
+            self._disconnect("closed by manager")
+        return self.closed
+
+    def abort(self, reason: str) -> None:
+        """Close the session at once because of C{reason} (logged)."""
+        if self.close_reason is not None:
+            return
+        self.log.warn(
+            "closing NETCONF session {label}: {reason}", label=self.label, reason=reason
+        )
+        self._disconnect(reason)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _disconnect(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None and self._connected:
+            self.transport.loseConnection()
+
+    def _send(self, message: bytes) -> None:
+        framer = ChunkedFramer if self._chunked else EndOfMessageFramer
+        self.transport.write(framer.encode(message))
+
+    def _hello_timed_out(self) -> None:
+        self._hello_timer = None
+        self.abort(f"no hello from the device within {self.hello_timeout:g}s")
+
+    def _parse(self, message: bytes) -> etree._Element | None:
+        """Parse a message; close the session and return None if rejected."""
+        try:
+            return xml.parse_message(message)
+        except xml.XMLRejected as e:
+            self.abort(f"rejected message: {e}")
+            return None
+
+    def _handle(self, message: bytes) -> None:
+        """Dispatch one message received after the hello."""
+        root = self._parse(message)
+        if root is None:
+            return
+        tag = root.tag
+        if tag == xml.qname("rpc-reply"):
+            self._handle_reply(root, message)
+        elif tag == xml.qname("notification", xml.NOTIFICATION_NS):
+            self._handle_notification(root, message)
+        elif tag == xml.qname("hello"):
+            self.abort("device sent a second hello")
+        else:
+            self.abort(f"unexpected message <{xml.local_name(root)}>")
+
+    def _handle_hello_message(self, message: bytes) -> None:
+        """Accept the device's hello and choose the framing."""
+        root = self._parse(message)
+        if root is None:
+            return
+        try:
+            hello = xml.parse_hello(root)
+        except xml.XMLRejected as e:
+            self.abort(f"bad hello: {e}")
+            return
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        if not (self.offer_base_1_1 and hello.base_1_1) and xml.BASE_1_0 not in hello.capabilities:
+            # The device speaks only base:1.1 and we may not: no common framing.
+            self.abort("device offers only base:1.1 and base:1.1 is disabled")
+            return
+        self.hello = hello
+        if self.offer_base_1_1 and hello.base_1_1:
+            self._framer = ChunkedFramer(self.max_message_size)
+            self._chunked = True
+        self.log.debug(
+            "NETCONF hello from {label}: session {session_id}, {framing}",
+            label=self.label, session_id=hello.session_id, framing=self.framing,
+        )
+        self.hello_received.callback(hello)
+
+    def _handle_reply(self, root: etree._Element, raw: bytes) -> None:
+        message_id = root.get("message-id")
+        if message_id is None:
+            self.abort("rpc-reply without a message-id")
+            return
+        deferred = self._pending.pop(message_id, None)
+        if deferred is None:
+            if message_id in self._abandoned:
+                self._abandoned.discard(message_id)
+                self.log.info(
+                    "late reply to abandoned rpc {message_id} from {label} dropped",
+                    message_id=message_id, label=self.label,
+                )
+                return
+            self.abort(f"rpc-reply with unknown message-id {message_id[:64]!r}")
+            return
+        errors = xml.parse_rpc_errors(root)
+        fatal = [e for e in errors if e.severity != "warning"]
+        if fatal:
+            first = fatal[0]
+            first.errors = errors
+            deferred.errback(first)
+        else:
+            deferred.callback(RPCReply(message_id, raw, root, errors))
+
+    def _handle_notification(self, root: etree._Element, raw: bytes) -> None:
+        if self.on_notification is None:
+            self.log.info("notification from {label} dropped: nobody subscribed", label=self.label)
+            return
+        try:
+            self.on_notification(root, raw)
+        except Exception:
+            self.log.failure("notification handler failed for {label}", label=self.label)

@@ -1,0 +1,236 @@
+"""
+XML for NETCONF: one hardened parser, operation builders, reply parsing.
+
+Everything a device sends goes through :func:`parse_message`.  RFC 6241 §3
+forbids document type declarations in NETCONF content, so any DTD is refused
+outright; the parser itself also never expands entities, never loads
+anything from the network and keeps libxml2's limits on depth and node size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from lxml import etree
+
+NETCONF_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
+NOTIFICATION_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
+BASE_1_0 = "urn:ietf:params:netconf:base:1.0"
+BASE_1_1 = "urn:ietf:params:netconf:base:1.1"
+
+_NC = "{%s}" % NETCONF_NS
+
+
+class XMLRejected(Exception):
+    """A message from the device is not acceptable XML."""
+
+
+# One parser for everything a device sends.  lxml parsers are not thread-safe,
+# but the reactor thread is the only user.
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    collect_ids=False,
+    remove_blank_text=False,
+)
+
+
+def parse_message(data: bytes) -> etree._Element:
+    """
+    Parse one NETCONF message from a device.
+
+    @raises XMLRejected: if it is not well-formed, is not UTF-8 (or the
+        encoding it declares), or carries a DTD.
+    """
+    if not data.strip():
+        raise XMLRejected("empty message")
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as e:
+        raise XMLRejected(f"not well-formed XML: {e}") from None
+    except ValueError as e:  # e.g. an encoding lxml cannot handle
+        raise XMLRejected(f"unreadable XML: {e}") from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise XMLRejected("document type declarations are not allowed (RFC 6241 §3)")
+    return root
+
+
+def qname(tag: str, namespace: str = NETCONF_NS) -> str:
+    """Return the Clark-notation name of a NETCONF element."""
+    return "{%s}%s" % (namespace, tag)
+
+
+def local_name(element: etree._Element) -> str:
+    """Return an element's name without its namespace."""
+    return etree.QName(element).localname
+
+
+# --- building what we send ---------------------------------------------------
+
+
+def hello(capabilities: list[str]) -> bytes:
+    """Build the client hello (no session-id: only the server sends one)."""
+    root = etree.Element(qname("hello"), nsmap={None: NETCONF_NS})
+    caps = etree.SubElement(root, qname("capabilities"))
+    for uri in capabilities:
+        etree.SubElement(caps, qname("capability")).text = uri
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def rpc(message_id: str, operation: etree._Element | bytes | str) -> bytes:
+    """Wrap an operation element (or its XML text) in an ``<rpc>``."""
+    if isinstance(operation, etree._Element):
+        body = etree.tostring(operation)
+    elif isinstance(operation, str):
+        body = operation.encode("utf-8")
+    else:
+        body = operation
+    return (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<rpc xmlns="' + NETCONF_NS.encode() + b'" message-id="'
+        + message_id.encode("ascii") + b'">' + body + b"</rpc>"
+    )
+
+
+def _filter(subtree: str | None, xpath: str | None, namespaces: Mapping[str, str] | None) -> etree._Element | None:
+    """Build a ``<filter>`` element from a subtree (XML text) or an XPath."""
+    if subtree is not None and xpath is not None:
+        raise ValueError("give a subtree filter or an XPath filter, not both")
+    if subtree is not None:
+        element = etree.Element(qname("filter"), type="subtree")
+        # The wrapper gives the fragment a root so several top-level elements parse.
+        wrapper = etree.fromstring(
+            "<wrapper>" + subtree + "</wrapper>", _PARSER
+        )
+        for child in wrapper:
+            element.append(child)
+        return element
+    if xpath is not None:
+        element = etree.Element(qname("filter"), type="xpath", nsmap=dict(namespaces or {}))
+        element.set("select", xpath)
+        return element
+    return None
+
+
+def get(subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
+    """Build a ``<get>`` operation, optionally filtered."""
+    op = etree.Element(qname("get"), nsmap={None: NETCONF_NS})
+    flt = _filter(subtree, xpath, namespaces)
+    if flt is not None:
+        op.append(flt)
+    return op
+
+
+def get_config(source: str = "running", subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
+    """Build a ``<get-config>`` operation on a datastore, optionally filtered."""
+    op = etree.Element(qname("get-config"), nsmap={None: NETCONF_NS})
+    etree.SubElement(etree.SubElement(op, qname("source")), qname(source))
+    flt = _filter(subtree, xpath, namespaces)
+    if flt is not None:
+        op.append(flt)
+    return op
+
+
+def close_session() -> etree._Element:
+    """Build a ``<close-session>`` operation."""
+    return etree.Element(qname("close-session"), nsmap={None: NETCONF_NS})
+
+
+# --- reading what we receive ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A device's hello: what it can do and which session it opened."""
+
+    capabilities: tuple[str, ...]
+    session_id: str
+
+    @property
+    def base_1_1(self) -> bool:
+        """Whether the device offers base:1.1 (chunked framing)."""
+        return BASE_1_1 in self.capabilities
+
+
+def parse_hello(root: etree._Element) -> Hello:
+    """
+    Read a server hello.
+
+    @raises XMLRejected: when it is no hello, lacks a base capability or
+        lacks a valid session-id.
+    """
+    if root.tag != qname("hello"):
+        raise XMLRejected(f"expected a hello, got <{local_name(root)}>")
+    capabilities = tuple(
+        (c.text or "").strip() for c in root.iterfind(f"{_NC}capabilities/{_NC}capability")
+    )
+    if BASE_1_0 not in capabilities and BASE_1_1 not in capabilities:
+        raise XMLRejected("hello offers no NETCONF base capability (base:1.0 or base:1.1)")
+    session_id = root.findtext(f"{_NC}session-id")
+    if session_id is None:
+        raise XMLRejected("hello has no session-id")
+    session_id = session_id.strip()
+    if not session_id.isdigit() or int(session_id) == 0:
+        raise XMLRejected(f"hello has an invalid session-id {session_id[:32]!r}")
+    return Hello(capabilities=capabilities, session_id=session_id)
+
+
+@dataclass
+class RPCError(Exception):
+    """
+    An ``<rpc-error>`` the device answered with (RFC 6241 §4.3).
+
+    All the errors of the reply are in ``errors``; this one's fields are the
+    first error of severity ``error``.
+    """
+
+    type: str = ""
+    tag: str = ""
+    severity: str = "error"
+    app_tag: str | None = None
+    path: str | None = None
+    message: str | None = None
+    info: dict[str, str] = field(default_factory=dict)
+    errors: list["RPCError"] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        text = f"rpc-error {self.type}/{self.tag}"
+        if self.app_tag:
+            text += f" ({self.app_tag})"
+        if self.path:
+            text += f" at {self.path}"
+        if self.message:
+            text += f": {self.message}"
+        return text
+
+
+def parse_rpc_errors(reply: etree._Element) -> list[RPCError]:
+    """Return every ``<rpc-error>`` of an ``<rpc-reply>``."""
+    errors = []
+    for element in reply.iterfind(f"{_NC}rpc-error"):
+        info = {}
+        info_element = element.find(f"{_NC}error-info")
+        if info_element is not None:
+            for child in info_element:
+                info[local_name(child)] = (child.text or "").strip()
+        errors.append(
+            RPCError(
+                type=(element.findtext(f"{_NC}error-type") or "").strip(),
+                tag=(element.findtext(f"{_NC}error-tag") or "").strip(),
+                severity=(element.findtext(f"{_NC}error-severity") or "error").strip(),
+                app_tag=_stripped(element.findtext(f"{_NC}error-app-tag")),
+                path=_stripped(element.findtext(f"{_NC}error-path")),
+                message=_stripped(element.findtext(f"{_NC}error-message")),
+                info=info,
+            )
+        )
+    return errors
+
+
+def _stripped(text: str | None) -> str | None:
+    return text.strip() if text is not None else None

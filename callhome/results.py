@@ -1,0 +1,79 @@
+"""
+Writing step results to disk, atomically.
+
+Each result lands at ``<results_dir>/<device>/<UTC timestamp>-<action>.xml``.
+It is written to a hidden temporary file in the same directory and then
+hard-linked to its final name, so a reader never sees a partial file and an
+existing result is never overwritten (two results in the same microsecond
+get a ``-1``, ``-2`` ... suffix).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; results get the mode any new file would get.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ResultsWriter:
+    """
+    Writes results under one directory.
+
+    @ivar directory: the results directory; created on first use.
+    @ivar now: returns the current UTC time (injectable for tests).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], now: Callable[[], datetime] = _utc_now) -> None:
+        self.directory = Path(directory)
+        self.now = now
+        self.saved = 0
+
+    def save(self, device: str, action: str, payload: bytes) -> Path:
+        """
+        Write one result; return its final path.
+
+        @param device: the device name (validated by the config: no path parts).
+        @param action: the action name, used in the file name.
+        """
+        folder = self.directory / device
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = self.now().strftime("%Y%m%dT%H%M%S.%fZ")
+        fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), _FILE_MODE)
+                f.write(payload)
+            final = self._link_unique(temporary, folder, f"{stamp}-{action}")
+        finally:
+            os.unlink(temporary)
+        self.saved += 1
+        return final
+
+    @staticmethod
+    def _link_unique(temporary: str, folder: Path, stem: str) -> Path:
+        """Give the temporary file a final name no other result has."""
+        for attempt in range(1000):
+            name = f"{stem}.xml" if attempt == 0 else f"{stem}-{attempt}.xml"
+            final = folder / name
+            try:
+                os.link(temporary, final)
+            except FileExistsError:
+                continue
+            return final
+        raise FileExistsError(f"no free result name for {folder / stem}")

@@ -1,0 +1,186 @@
+"""
+``callhome-device``: a simulated NETCONF device that calls home.
+
+Plays the part of ConfD's ``netconf_ssh_call_home 127.0.0.1 4334``: it opens
+TCP to the manager, runs an SSH server on that socket with its own host key
+and serves the ``netconf`` subsystem.  ``--count``, ``--interval`` and
+``--concurrency`` make it call repeatedly and many at once; ``--devices N``
+makes it N devices with N host keys (for load and integration tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from twisted.conch.ssh import keys
+from twisted.internet import defer, task
+from twisted.internet.endpoints import HostnameEndpoint
+
+from callhome import fingerprints
+from callhome.simulator.netconf_server import DEFAULT_DATASTORE, Datastore
+from callhome.simulator.ssh_server import DeviceSSHFactory, load_or_create_host_key
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="callhome-device", description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("--manager", default="127.0.0.1:4334", help="HOST:PORT of the manager (default %(default)s)")
+    p.add_argument("--host-key", default="var/device/host_ed25519", help="host key file; generated if absent (default %(default)s)")
+    p.add_argument("--host-key-type", default="ed25519", choices=["ed25519", "ecdsa", "rsa"], help="type of a generated host key")
+    p.add_argument("--devices", type=int, default=1, help="be N devices: host keys DIR/device-NNNN_<type> beside --host-key (default 1: just --host-key)")
+    p.add_argument("--print-devices", action="store_true", help="print a YAML devices: list for the host keys and exit")
+    p.add_argument("--username", default="admin", help="the user the manager logs in as (default %(default)s)")
+    p.add_argument("--authorized-key", action="append", default=[], help="public key file (OpenSSH) the manager may use; repeatable")
+    p.add_argument("--password", help="password the manager may use")
+    p.add_argument("--password-env", help="environment variable holding that password")
+    p.add_argument("--datastore", default=str(DEFAULT_DATASTORE), help="XML file whose root's children are the data (default: a small sample)")
+    p.add_argument("--base-1-0-only", action="store_true", help="offer only base:1.0 framing")
+    p.add_argument("--count", type=int, default=1, help="calls to make in all, 0 for no end (default %(default)s)")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between one worker's calls (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=1, help="calls in progress at once (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=60.0, help="give up on one call after this many seconds (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    args = p.parse_args(argv)
+    if args.password_env:
+        if args.password_env not in os.environ:
+            p.error(f"--password-env: environment variable {args.password_env} is not set")
+        args.password = os.environ[args.password_env]
+    if not args.authorized_key and args.password is None and not args.print_devices:
+        p.error("give --authorized-key or --password: how may the manager log in?")
+    for option in ("count", "concurrency", "devices"):
+        if getattr(args, option) < (0 if option == "count" else 1):
+            p.error(f"--{option} is out of range")
+    return args
+
+
+def host_key_paths(args: argparse.Namespace) -> list[Path]:
+    """The host key file of each simulated device."""
+    base = Path(args.host_key)
+    if args.devices == 1:
+        return [base]
+    return [base.parent / f"device-{i:04d}_{args.host_key_type}" for i in range(args.devices)]
+
+
+def devices_yaml(paths: list[Path], loaded: list[keys.Key], prefix: str = "sim") -> str:
+    """A ``devices:`` list for the manager's config naming these host keys."""
+    lines = ["devices:"]
+    for index, key in enumerate(loaded):
+        lines.append(f"  - name: {prefix}-{index:04d}")
+        lines.append(f'    host_keys: ["{fingerprints.of_key(key)}"]')
+    return "\n".join(lines) + "\n"
+
+
+class Caller:
+    """Makes the calls and counts how they went."""
+
+    def __init__(self, reactor: Any, args: argparse.Namespace, factories: list[DeviceSSHFactory]) -> None:
+        self.reactor = reactor
+        self.args = args
+        self.factories = factories
+        host, _, port = args.manager.rpartition(":")
+        self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
+        self.ok = 0
+        self.failed = 0
+        self.started = 0
+
+    def say(self, text: str) -> None:
+        if not self.args.quiet:
+            print(text, flush=True)
+
+    def _next_factory(self) -> DeviceSSHFactory:
+        factory = self.factories[self.started % len(self.factories)]
+        self.started += 1
+        return factory
+
+    @defer.inlineCallbacks
+    def call_once(self) -> Any:
+        """One call home: connect, serve the manager, wait for the end."""
+        factory = self._next_factory()
+        endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=10)
+        try:
+            protocol = yield endpoint.connect(factory)
+        except Exception as e:
+            self.failed += 1
+            self.say(f"call to {self.args.manager} failed: {e}")
+            return
+        done = protocol.done
+        done.addTimeout(self.args.timeout, self.reactor, onTimeoutCancel=lambda *_: protocol.transport.abortConnection())
+        try:
+            yield done
+        except defer.TimeoutError:
+            pass
+        if protocol.authenticated:
+            self.ok += 1
+            self.say(f"call {self.started} ({factory.fingerprint}): served")
+        else:
+            self.failed += 1
+            self.say(f"call {self.started} ({factory.fingerprint}): manager did not log in")
+
+    @defer.inlineCallbacks
+    def worker(self, quota: int | None) -> Any:
+        made = 0
+        while quota is None or made < quota:
+            yield self.call_once()
+            made += 1
+            if self.args.interval and (quota is None or made < quota):
+                yield task.deferLater(self.reactor, self.args.interval, lambda: None)
+
+    def run(self) -> defer.Deferred[Any]:
+        """Run the workers; fires when every call is made."""
+        count, concurrency = self.args.count, self.args.concurrency
+        if count == 0:
+            quotas: list[int | None] = [None] * concurrency
+        else:
+            concurrency = min(concurrency, count)
+            quotas = [count // concurrency + (1 if i < count % concurrency else 0) for i in range(concurrency)]
+        return defer.DeferredList([self.worker(q) for q in quotas])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``callhome-device``."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    paths = host_key_paths(args)
+    host_keys = [load_or_create_host_key(p, args.host_key_type) for p in paths]
+    if args.print_devices:
+        sys.stdout.write(devices_yaml(paths, host_keys))
+        return 0
+    authorized = []
+    for path in args.authorized_key:
+        try:
+            authorized.append(keys.Key.fromFile(path))
+        except (OSError, keys.BadKeyError) as e:
+            print(f"callhome-device: --authorized-key {path}: {e}", file=sys.stderr)
+            return 2
+    datastore = Datastore.from_file(args.datastore)
+    factories = [
+        DeviceSSHFactory(key, datastore, args.username, [a.public() for a in authorized], args.password, not args.base_1_0_only)
+        for key in host_keys
+    ]
+    for f in factories:
+        f.doStart()
+    if len(factories) == 1:
+        print(f"device host key {factories[0].fingerprint} ({paths[0]})", flush=True)
+    else:
+        print(f"{len(factories)} devices, host keys in {paths[0].parent}", flush=True)
+
+    from twisted.internet import reactor
+
+    caller = Caller(reactor, args, factories)
+    result: list[int] = []
+
+    def finish(_: object) -> None:
+        print(f"callhome-device: {caller.ok} calls served, {caller.failed} failed", flush=True)
+        result.append(0 if caller.failed == 0 else 1)
+        reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(lambda: caller.run().addBoth(finish))  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return result[0] if result else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

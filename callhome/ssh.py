@@ -1,0 +1,501 @@
+"""
+The SSH client side of a call home, on a socket the device opened to us.
+
+RFC 8071 reverses only the TCP direction: on the accepted socket we are the
+SSH client.  The layers, each one class:
+
+* :class:`CallHomeTransport`: conch's client transport.  Its host-key check
+  *is* the device identification (C5-C7): an unknown key ends the call before
+  any credential is sent; a known one selects the device, and only then are
+  that device's credentials used.
+* :class:`CallHomeUserAuth`: a small, bounded userauth client.  It sends the
+  signed public-key request at once (RFC 4252 §7, no ``none`` probe and no
+  "is this key acceptable?" round trip), signs RSA with rsa-sha2-256/512,
+  tries only the methods the device's credentials allow, each once, and
+  answers keyboard-interactive a bounded number of rounds.
+* :class:`CallHomeConnection` and :class:`NetconfChannel`: one session
+  channel with the ``netconf`` subsystem, carrying a
+  :class:`~callhome.netconf.session.NetconfSession`.
+
+What happens after the NETCONF hello is not this module's business: the
+transport hands the session to its :class:`CallHandler` (the manager).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.conch.ssh import channel, common, connection, keys, service, transport, userauth
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate, FilteringLogObserver, globalLogPublisher
+from twisted.python.failure import Failure
+
+from callhome import fingerprints
+from callhome.netconf.session import NetconfSession
+
+if TYPE_CHECKING:  # pragma: no cover
+    from callhome.config import Credentials, Device, NetconfSettings
+
+
+# Algorithms we offer, best first.  The host-key order is fixed so the same
+# device always presents the same key type; every key the config lists for
+# it still matches.  Only modern algorithms are on this list.
+KEX_ALGORITHMS = [
+    b"curve25519-sha256",
+    b"curve25519-sha256@libssh.org",
+    b"mlkem768x25519-sha256",
+    b"ecdh-sha2-nistp256",
+    b"ecdh-sha2-nistp384",
+    b"ecdh-sha2-nistp521",
+    b"diffie-hellman-group-exchange-sha256",
+]
+HOST_KEY_ALGORITHMS = [
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+]
+CIPHERS = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
+
+
+def _supported(wanted: list[bytes], available: list[bytes]) -> list[bytes]:
+    return [name for name in wanted if name in available]
+
+
+# conch logs every packet-level step at debug/info through the global
+# publisher; that costs ~15 % of a session's CPU.  Its events go through this
+# observer instead, which drops everything below a warning before any
+# formatting happens.
+_conch_observer = FilteringLogObserver(
+    globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+)
+
+
+def _quiet_logger() -> Logger:
+    return Logger(namespace="callhome.ssh.conch", observer=_conch_observer)
+
+
+class CallHandler(Protocol):
+    """What a transport needs from the manager."""
+
+    clock: IReactorTime
+
+    def identify(self, fingerprint: str) -> "Device | None":
+        """Return the device whose host key this is, or None."""
+
+    def netconf_settings(self, device: "Device") -> "NetconfSettings":
+        """Return the NETCONF settings for this device's session."""
+
+    def session_ready(self, call: "CallHomeTransport", session: NetconfSession) -> None:
+        """Start the device's work on an established NETCONF session."""
+
+    def call_ended(self, call: "CallHomeTransport") -> None:
+        """Record a finished call (one log line, status)."""
+
+
+@dataclass
+class CallRecord:
+    """
+    What we know about one call; the call's log line and status come from it.
+
+    @ivar state: ``securing``, ``authenticating``, ``channelling``,
+        ``hello``, ``running``, ``done``.
+    @ivar reason: why the call ended, when it ended early or badly.
+    """
+
+    peer: str
+    started: float
+    state: str = "securing"
+    fingerprint: str | None = None
+    key_type: str | None = None
+    device: "Device | None" = None
+    reason: str | None = None
+    outcome: str = "open"
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class CallHomeTransport(transport.SSHClientTransport):
+    """
+    conch's SSH client transport on a socket the device opened.
+
+    @ivar handler: the manager this call reports to.
+    @ivar call: the record of this call.
+    """
+
+    _log = _quiet_logger()
+    log = Logger(namespace="callhome.ssh")
+
+    supportedKeyExchanges = _supported(KEX_ALGORITHMS, transport.SSHTransportBase.supportedKeyExchanges)
+    supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, transport.SSHTransportBase.supportedPublicKeys)
+    supportedCiphers = _supported(CIPHERS, transport.SSHTransportBase.supportedCiphers)
+    supportedMACs = _supported(MACS, transport.SSHTransportBase.supportedMACs)
+    supportedCompressions = [b"none"]
+
+    def __init__(self, handler: CallHandler, handshake_timeout: float) -> None:
+        self.handler = handler
+        self.handshake_timeout = handshake_timeout
+        self.call: CallRecord | None = None
+        self.session: NetconfSession | None = None
+        self._handshake_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        """Start the call: version, KEXINIT, and the handshake deadline."""
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", str(peer))
+        port = getattr(peer, "port", None)
+        self.call = CallRecord(
+            peer=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            started=self.handler.clock.seconds(),
+        )
+        self._handshake_timer = self.handler.clock.callLater(
+            self.handshake_timeout, self._handshake_timed_out
+        )
+        super().connectionMade()
+
+    def fail(self, reason: str, code: int = transport.DISCONNECT_BY_APPLICATION) -> None:
+        """End the call now, recording C{reason} (never with a secret in it)."""
+        assert self.call is not None
+        if self.call.reason is None:
+            self.call.reason = reason
+        self.sendDisconnect(code, reason.encode("utf-8", "replace")[:200])
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        """Record why conch (or we) disconnect, then do it."""
+        if self.call is not None and self.call.reason is None:
+            self.call.reason = desc.decode("utf-8", "replace")
+        super().sendDisconnect(reason, desc)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """The device sent SSH_MSG_DISCONNECT: remember what it said."""
+        if self.call is not None and self.call.reason is None:
+            text = description.decode("utf-8", "replace")[:200]
+            self.call.reason = f"device disconnected (code {reasonCode}): {text}"
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
+        """
+        Identify the device by its host key (RFC 8071 C5).
+
+        Unknown key: refuse, log the fingerprint, key type and source, and
+        send nothing more.  conch goes on to check the key's signature of the
+        exchange hash before L{connectionSecure}, so a device holding only a
+        copy of a public key never gets further than this.
+        """
+        assert self.call is not None
+        fp = fingerprints.of_blob(hostKey)
+        key_type = common.getNS(hostKey)[0].decode("ascii", "replace")
+        self.call.fingerprint, self.call.key_type = fp, key_type
+        device = self.handler.identify(fp)
+        if device is None:
+            self.call.reason = "unknown host key"
+            self.call.outcome = "unknown-host-key"
+            self.log.warn(
+                "refused call from {peer}: unknown host key {fingerprint} ({key_type}); "
+                "no credentials sent",
+                peer=self.call.peer, fingerprint=fp, key_type=key_type,
+            )
+            return defer.fail(UnknownHostKey(fp))
+        self.call.device = device
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        """The device proved its host key: now, and only now, authenticate."""
+        assert self.call is not None and self.call.device is not None
+        self.call.state = "authenticating"
+        connection_service = CallHomeConnection(self)
+        self.requestService(CallHomeUserAuth(self.call.device.credentials, connection_service))
+
+    def authenticated(self) -> None:
+        """Called by the connection service once userauth succeeded."""
+        assert self.call is not None
+        self.call.state = "channelling"
+
+    def netconf_started(self, session: NetconfSession) -> None:
+        """The device's NETCONF hello arrived: hand the session over."""
+        assert self.call is not None
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self.session = session
+        self.call.state = "running"
+        self.handler.session_ready(self, session)
+
+    def _handshake_timed_out(self) -> None:
+        assert self.call is not None
+        self._handshake_timer = None
+        self.call.outcome = "timeout"
+        self.fail(
+            f"no NETCONF session within {self.handshake_timeout:g}s "
+            f"(stuck while {self.call.state})"
+        )
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Stop timers, report the call, and let conch stop its service."""
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        super().connectionLost(reason)
+        if self.call is not None:
+            if self.call.reason is None and self.session is not None:
+                self.call.reason = self.session.close_reason
+            self.handler.call_ended(self)
+
+
+class UnknownHostKey(Exception):
+    """The device's host key is not in the registry."""
+
+
+class CallHomeUserAuth(service.SSHService):
+    """
+    A bounded SSH userauth client for one device's credentials.
+
+    Attempts, in order: each private key (signed request sent directly),
+    then the password, then keyboard-interactive answered with the password.
+    An attempt is skipped when the device says that method is not allowed;
+    when none is left, the call ends with a reason naming what was tried.
+    """
+
+    name = b"ssh-userauth"
+    protocolMessages = userauth.SSHUserAuthClient.protocolMessages
+    _log = _quiet_logger()
+
+    #: keyboard-interactive rounds answered before giving up on the method.
+    MAX_INTERACTIVE_ROUNDS = 3
+
+    def __init__(self, credentials: "Credentials", instance: service.SSHService) -> None:
+        self.credentials = credentials
+        self.instance = instance
+        self.user = credentials.username.encode("utf-8")
+        self._attempts: list[tuple[str, keys.Key | None]] = [
+            ("publickey", key) for key in credentials.private_keys
+        ]
+        if credentials.password is not None:
+            self._attempts += [("password", None), ("keyboard-interactive", None)]
+        self._current: tuple[str, keys.Key | None] | None = None
+        self._tried: list[str] = []
+        self._interactive_rounds = 0
+
+    def serviceStarted(self) -> None:
+        """Try the first method without probing."""
+        self._next_attempt(allowed=None)
+
+    def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> None:
+        """Authenticated: start the connection service."""
+        self.transport.setService(self.instance)
+
+    def ssh_USERAUTH_FAILURE(self, packet: bytes) -> None:
+        """That attempt failed: move to the next one the device allows."""
+        methods, rest = common.getNS(packet)
+        allowed = set(methods.decode("ascii", "replace").split(",")) if methods else set()
+        self._next_attempt(allowed)
+
+    def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:
+        """A login banner: nobody reads it on a call home; ignore it."""
+
+    def ssh_USERAUTH_PK_OK(self, packet: bytes) -> None:
+        """
+        Message 60: INFO_REQUEST (keyboard-interactive), PASSWD_CHANGEREQ
+        (password) or PK_OK (not expected: we never ask before signing).
+        """
+        method = self._current[0] if self._current else None
+        if method == "keyboard-interactive":
+            self._answer_prompts(packet)
+        elif method == "password":
+            self.transport.fail(
+                "authentication failed: the device wants a new password (password expired)",
+                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+            )
+
+    def _next_attempt(self, allowed: set[str] | None) -> None:
+        while self._attempts:
+            method, key = self._attempts.pop(0)
+            if allowed is not None and method not in allowed:
+                continue
+            self._current = (method, key)
+            self._tried.append(method)
+            getattr(self, "_try_" + method.replace("-", "_"))(key)
+            return
+        offered = ",".join(sorted(allowed)) if allowed else "nothing"
+        tried = ", ".join(self._tried) or "nothing (no method in common)"
+        self.transport.fail(
+            f"authentication failed: tried {tried}; device allows {offered}",
+            transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+        )
+
+    def _request(self, method: bytes, extra: bytes) -> None:
+        self.transport.sendPacket(
+            userauth.MSG_USERAUTH_REQUEST,
+            common.NS(self.user) + common.NS(self.instance.name) + common.NS(method) + extra,
+        )
+
+    def _try_publickey(self, key: keys.Key | None) -> None:
+        assert key is not None
+        algorithm = self._signature_algorithm(key)
+        blob = key.public().blob()
+        signed = (
+            common.NS(self.transport.sessionID)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + common.NS(self.user)
+            + common.NS(self.instance.name)
+            + common.NS(b"publickey")
+            + b"\x01"
+            + common.NS(algorithm)
+            + common.NS(blob)
+        )
+        signature = key.sign(signed, signatureType=algorithm)
+        self._request(b"publickey", b"\x01" + common.NS(algorithm) + common.NS(blob) + common.NS(signature))
+
+    def _signature_algorithm(self, key: keys.Key) -> bytes:
+        """RSA: the best rsa-sha2 the device accepts (RFC 8332/8308)."""
+        if key.type() != "RSA":
+            return key.sshType()
+        accepted = self.transport.peerExtensions.get(b"server-sig-algs")
+        if accepted is None:
+            # No RFC 8308 advertisement: rsa-sha2-256 is what every OpenSSH
+            # since 7.2 accepts, and SHA-1 is refused by 8.8 and later.
+            return b"rsa-sha2-256"
+        names = accepted.split(b",")
+        for candidate in (b"rsa-sha2-512", b"rsa-sha2-256", b"ssh-rsa"):
+            if candidate in names:
+                return candidate
+        return b"rsa-sha2-256"
+
+    def _try_password(self, key: None) -> None:
+        assert self.credentials.password is not None
+        self._request(b"password", b"\x00" + common.NS(self.credentials.password.encode("utf-8")))
+
+    def _try_keyboard_interactive(self, key: None) -> None:
+        self._interactive_rounds = 0
+        self._request(b"keyboard-interactive", common.NS(b"") + common.NS(b""))
+
+    def _answer_prompts(self, packet: bytes) -> None:
+        """Answer every prompt with the password, a bounded number of times."""
+        self._interactive_rounds += 1
+        if self._interactive_rounds > self.MAX_INTERACTIVE_ROUNDS:
+            self.transport.fail(
+                f"authentication failed: keyboard-interactive asked more than "
+                f"{self.MAX_INTERACTIVE_ROUNDS} rounds of questions",
+                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+            )
+            return
+        try:
+            _name, _instruction, _lang, data = common.getNS(packet, 3)
+            (count,) = struct.unpack("!L", data[:4])
+        except (struct.error, IndexError, ValueError):
+            self.transport.fail("malformed keyboard-interactive request", transport.DISCONNECT_PROTOCOL_ERROR)
+            return
+        if count > 16:
+            self.transport.fail("keyboard-interactive request with too many prompts", transport.DISCONNECT_PROTOCOL_ERROR)
+            return
+        answer = common.NS((self.credentials.password or "").encode("utf-8"))
+        self.transport.sendPacket(
+            userauth.MSG_USERAUTH_INFO_RESPONSE, struct.pack("!L", count) + answer * count
+        )
+
+
+class CallHomeConnection(connection.SSHConnection):
+    """The SSH connection service: opens the one NETCONF channel."""
+
+    _log = _quiet_logger()
+
+    def __init__(self, call_transport: CallHomeTransport) -> None:
+        super().__init__()
+        self.call_transport = call_transport
+
+    def serviceStarted(self) -> None:
+        """Authenticated: open the session channel for NETCONF."""
+        super().serviceStarted()
+        self.call_transport.authenticated()
+        device = self.call_transport.call.device  # type: ignore[union-attr]
+        settings = self.call_transport.handler.netconf_settings(device)
+        self.openChannel(NetconfChannel(self.call_transport, settings, conn=self))
+
+
+class NetconfChannel(channel.SSHChannel):
+    """
+    A session channel running the ``netconf`` subsystem (RFC 6242 §3).
+
+    The channel is the NetconfSession's transport: C{write} and
+    C{loseConnection} are the channel's own.
+    """
+
+    name = b"session"
+    _log = _quiet_logger()
+
+    #: A larger window than conch's default lets big replies stream without
+    #: waiting for a window adjust every 128 KiB.
+    WINDOW = 2 * 1024 * 1024
+
+    def __init__(self, call_transport: CallHomeTransport, settings: "NetconfSettings", **kwargs: object) -> None:
+        super().__init__(localWindow=self.WINDOW, localMaxPacket=32768, **kwargs)  # type: ignore[arg-type]
+        self.call_transport = call_transport
+        self.settings = settings
+        self.session: NetconfSession | None = None
+        # A device may send its hello before it answers the subsystem
+        # request (conch's own server does); keep those bytes for the session.
+        self._early: list[bytes] = []
+
+    def channelOpen(self, specificData: bytes) -> None:
+        """Ask for the netconf subsystem."""
+        d = self.conn.sendRequest(self, b"subsystem", common.NS(b"netconf"), wantReply=True)
+        d.addCallbacks(self._subsystem_started, self._subsystem_refused)
+
+    def openFailed(self, reason: Failure) -> None:
+        """The device would not open a session channel."""
+        self.call_transport.fail(f"device refused the session channel: {reason.value}")
+
+    def _subsystem_started(self, _: object) -> None:
+        assert self.call_transport.call is not None
+        self.call_transport.call.state = "hello"
+        device = self.call_transport.call.device
+        self.session = NetconfSession(
+            self.call_transport.handler.clock,
+            offer_base_1_1=self.settings.offer_base_1_1,
+            hello_timeout=self.settings.hello_timeout,
+            rpc_timeout=self.settings.rpc_timeout,
+            max_message_size=self.settings.max_message_size,
+            label=device.name if device else self.call_transport.call.peer,
+        )
+        self.session.hello_received.addCallbacks(
+            lambda hello: self.call_transport.netconf_started(self.session),  # type: ignore[arg-type]
+            lambda failure: None,  # the session's close reason says why
+        )
+        self.session.makeConnection(self)
+        early, self._early = b"".join(self._early), []
+        if early:
+            self.session.dataReceived(early)
+
+    def _subsystem_refused(self, failure: Failure) -> None:
+        self.call_transport.fail("device refused the netconf subsystem")
+
+    def dataReceived(self, data: bytes) -> None:
+        """NETCONF bytes from the device."""
+        if self.session is not None:
+            self.session.dataReceived(data)
+        elif sum(map(len, self._early)) + len(data) <= self.settings.max_message_size:
+            self._early.append(data)
+        else:
+            self.call_transport.fail("device sent too much before the netconf subsystem started")
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        """stderr of the subsystem: not NETCONF; ignored."""
+
+    def eofReceived(self) -> None:
+        """The device will send nothing more: close the channel."""
+        self.loseConnection()
+
+    def closed(self) -> None:
+        """The channel is gone: end the session, then the whole call."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.connectionLost(Failure(ConnectionDone("channel closed")))
+            if self.call_transport.call is not None and self.call_transport.call.reason is None:
+                self.call_transport.call.reason = session.close_reason
+        self.call_transport.transport.loseConnection()
+

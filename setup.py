@@ -1,0 +1,31 @@
+"""callhome: a NETCONF Call Home manager (RFC 8071) on Twisted."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="callhome",
+    version="0.1.0",
+    description="NETCONF Call Home manager (RFC 8071) on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["callhome", "callhome.*"]) + ["twisted.plugins"],
+    package_data={
+        "callhome.simulator": ["datastore.xml"],
+        "twisted": ["plugins/callhome_plugin.py"],
+    },
+    install_requires=[
+        "twisted[conch]>=24.7",
+        "cryptography>=42",
+        "lxml>=5",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "callhome-device = callhome.simulator.cli:main",
+        ],
+    },
+)
