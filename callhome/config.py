@@ -386,7 +386,7 @@ class _Reader:
             raise device_node.error("no username: set username here or in defaults")
         username = username_node.text()
         password = self.secret(pick("password", "password_env", "password_file"), "password")
-        private_keys: tuple[keys.Key, ...] = field(default=(), repr=False)
+        private_keys: tuple[keys.Key, ...] = ()
         key_fields = pick("private_key", "private_key_passphrase", "private_key_passphrase_env", "private_key_passphrase_file")
         if key_fields.get("private_key") is not None and key_fields["private_key"].value is not None:
             passphrase = self.secret(key_fields, "private_key_passphrase")

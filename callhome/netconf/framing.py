@@ -29,7 +29,14 @@ END_OF_MESSAGE = b"]]>]]>"
 
 
 class FramingError(Exception):
-    """The peer broke the NETCONF framing rules; the session must be closed."""
+    """
+    The peer broke the NETCONF framing rules; the session must be closed.
+
+    @ivar messages: the messages the same C{feed} call completed before the
+        error, so that nothing already received is lost.
+    """
+
+    messages: list[bytes] = []
 
 
 class MessageTooLarge(FramingError):
@@ -60,6 +67,15 @@ class EndOfMessageFramer:
         """
         self._buffer += data
         messages: list[bytes] = []
+        try:
+            self._split(messages, max_messages)
+        except FramingError as e:
+            e.messages = messages
+            raise
+        return messages
+
+    def _split(self, messages: list[bytes], max_messages: int | None) -> None:
+        """Move complete messages from the buffer to C{messages}."""
         while max_messages is None or len(messages) < max_messages:
             start = max(0, self._scanned - len(END_OF_MESSAGE) + 1)
             end = self._buffer.find(END_OF_MESSAGE, start)
@@ -70,7 +86,7 @@ class EndOfMessageFramer:
                         f"message exceeds {self.max_message_size} bytes "
                         f"without an end-of-message marker"
                     )
-                return messages
+                return
             if end > self.max_message_size:
                 raise MessageTooLarge(
                     f"message of {end} bytes exceeds {self.max_message_size}"
@@ -78,7 +94,6 @@ class EndOfMessageFramer:
             messages.append(bytes(self._buffer[:end]))
             del self._buffer[: end + len(END_OF_MESSAGE)]
             self._scanned = 0
-        return messages
 
     def take_remaining(self) -> bytes:
         """
@@ -129,6 +144,9 @@ class ChunkedFramer:
         try:
             while self._parse_one(messages):
                 pass
+        except FramingError as e:
+            e.messages = messages
+            raise
         finally:
             # Drop consumed bytes once per feed, not once per chunk.
             if self._position:

@@ -150,8 +150,14 @@ class NetconfSession(Protocol):
             else:
                 messages = self._framer.feed(data)
         except FramingError as e:
+            # Deliver what arrived intact before the error, then close.
+            self._dispatch(e.messages)
             self.abort(f"framing error: {e}")
             return
+        self._dispatch(messages)
+
+    def _dispatch(self, messages: list[bytes]) -> None:
+        """Handle complete messages in order, the hello first."""
         for message in messages:
             if self.close_reason is not None:
                 return

@@ -1,0 +1,6 @@
+"""pytest: import callhome from this checkout, whatever else is installed."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
