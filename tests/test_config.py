@@ -1,0 +1,196 @@
+"""
+The config file: the operators' contract.  Every error names its key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from callhome import config
+from callhome import fingerprints
+from tests.helpers import new_key, write_key
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ConfigTests(SynchronousTestCase):
+    """Loading good configs and refusing bad ones with a precise message."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.key = new_key()
+        self.key_path = write_key(self.tmp, "manager", self.key)
+        self.device_fp = fingerprints.of_key(new_key())
+
+    def text(self, device_extra: str = "", defaults: str | None = None, top: str = "") -> str:
+        defaults = defaults if defaults is not None else f"{{username: admin, private_key: {self.key_path}}}"
+        return f"""
+listen: [tcp:4334]
+results_dir: {self.tmp}/results
+defaults: {defaults}
+devices:
+  - name: edge-1
+    host_keys: ["{self.device_fp}"]
+    chain: inventory
+{device_extra}
+chains:
+  inventory:
+    - get: {{}}
+    - get-config: {{source: running}}
+{top}
+"""
+
+    def error(self, text: str, environ=None) -> config.ConfigError:
+        with self.assertRaises(config.ConfigError) as caught:
+            config.loads(text, environ=environ or {})
+        return caught.exception
+
+    def test_shipped_config_loads(self):
+        """etc/config.yaml, as shipped, is valid (the quick start depends on it)."""
+        import os
+
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            loaded = config.load("etc/config.yaml")
+        finally:
+            os.chdir(cwd)
+        self.assertEqual(loaded.listen, ("tcp:4334",))
+        self.assertEqual([d.name for d in loaded.devices], ["demo-device"])
+        self.assertEqual(loaded.devices[0].credentials.methods, ("publickey",))
+
+    def test_good_config(self):
+        """Defaults are inherited; chains are built; fingerprints normalised."""
+        loaded = config.loads(self.text())
+        (device,) = loaded.devices
+        self.assertEqual(device.credentials.username, "admin")
+        self.assertEqual(device.host_keys, frozenset([self.device_fp]))
+        self.assertEqual([s.name for s in loaded.chains["inventory"]], ["get", "get-config"])
+        self.assertEqual(loaded.netconf.offer_base_1_1, True)
+
+    def test_fingerprint_forms_are_equivalent(self):
+        """Padded, unpadded, with or without SHA256: all match (conch vs ssh-keygen)."""
+        bare = self.device_fp[len("SHA256:"):]
+        for form in (bare, bare + "=", "SHA256:" + bare + "="):
+            self.assertEqual(fingerprints.normalise(form), self.device_fp)
+
+    def test_md5_fingerprint_refused(self):
+        """MD5 fingerprints are refused with advice, not silently mismatched."""
+        text = self.text().replace(self.device_fp, "MD5:" + ":".join(["ab"] * 16))
+        self.assertIn("MD5 fingerprints are not accepted", str(self.error(text)))
+        self.assertEqual(self.error(text).path, "devices[0].host_keys[0]")
+
+    def test_unknown_key_suggests(self):
+        """A typo names the key path and suggests the right key."""
+        e = self.error(self.text("    pasword: x"))
+        self.assertEqual(str(e), "devices[0].pasword: unknown key (did you mean 'password'?)")
+
+    def test_wrong_type(self):
+        """A wrong type says what was expected and what was found."""
+        e = self.error(self.text(top="netconf: {rpc_timeout: soon}"))
+        self.assertEqual(str(e), "netconf.rpc_timeout: must be a number, got text")
+
+    def test_bad_fingerprint_path(self):
+        """A bad host key entry is located by index."""
+        text = self.text().replace(f'["{self.device_fp}"]', f'["{self.device_fp}", "SHA256:short"]')
+        self.assertEqual(self.error(text).path, "devices[0].host_keys[1]")
+
+    def test_missing_env_and_file(self):
+        """Secrets from the environment or a file must exist."""
+        e = self.error(self.text("    password_env: EDGE_PW"))
+        self.assertEqual(str(e), "devices[0].password_env: environment variable EDGE_PW is not set")
+        e = self.error(self.text(f"    password_file: {self.tmp}/nope"))
+        self.assertEqual(e.path, "devices[0].password_file")
+        self.assertIn("cannot read", e.problem)
+
+    def test_secret_sources(self):
+        """Passwords come inline, from the environment or from a file."""
+        loaded = config.loads(self.text("    password_env: PW"), environ={"PW": "from-env"})
+        self.assertEqual(loaded.devices[0].credentials.password, "from-env")
+        (self.tmp / "pw").write_text("from-file\n")
+        loaded = config.loads(self.text(f"    password_file: {self.tmp}/pw"))
+        self.assertEqual(loaded.devices[0].credentials.password, "from-file")
+        self.assertEqual(loaded.devices[0].credentials.methods, ("publickey", "password", "keyboard-interactive"))
+
+    def test_two_sources_refused(self):
+        """password and password_env together are ambiguous."""
+        e = self.error(self.text("    password: a\n    password_env: B"), environ={"B": "b"})
+        self.assertIn("give only one of", str(e))
+
+    def test_encrypted_key(self):
+        """A passphrase-protected key loads with its passphrase, and says so without one."""
+        path = write_key(self.tmp / "enc", "key", new_key(), passphrase=b"open sesame")
+        defaults = f"{{username: admin, private_key: {path}}}"
+        e = self.error(self.text(defaults=defaults))
+        self.assertIn("is encrypted", str(e))
+        self.assertEqual(e.path, "defaults.private_key")
+        good = f"{{username: admin, private_key: {path}, private_key_passphrase_env: KP}}"
+        loaded = config.loads(self.text(defaults=good), environ={"KP": "open sesame"})
+        self.assertEqual(len(loaded.devices[0].credentials.private_keys), 1)
+        e = self.error(self.text(defaults=good), environ={"KP": "wrong"})
+        self.assertIn("passphrase is wrong", str(e))
+        self.assertNotIn("wrong", e.path)
+
+    def test_missing_key_file(self):
+        """A missing key file is named."""
+        e = self.error(self.text(defaults=f"{{username: admin, private_key: {self.tmp}/none}}"))
+        self.assertEqual(str(e), f"defaults.private_key: no such file: {self.tmp}/none")
+
+    def test_secrets_never_in_errors_or_repr(self):
+        """No password or key material in messages or reprs (they reach logs)."""
+        loaded = config.loads(self.text("    password: hunter2"))
+        self.assertNotIn("hunter2", repr(loaded))
+        self.assertNotIn("Private Key", repr(loaded))
+
+    def test_chain_errors(self):
+        """Unknown chains, actions and parameters are named precisely."""
+        e = self.error(self.text().replace("chain: inventory", "chain: nope"))
+        self.assertEqual(str(e), "devices[0].chain: no chain named 'nope' (chains: inventory)")
+        e = self.error(self.text().replace("- get: {}", "- gett: {}"))
+        self.assertEqual(e.path, "chains.inventory[0].gett")
+        self.assertIn("unknown action 'gett'", str(e))
+        e = self.error(self.text().replace("- get: {}", "- get: {filter: x}"))
+        self.assertEqual(e.path, "chains.inventory[0].get.filter")
+        e = self.error(self.text().replace("- get: {}", "- get: {subtree: '<a'}"))
+        self.assertEqual(e.path, "chains.inventory[0].get.subtree")
+        e = self.error(self.text().replace("source: running", "source: runing"))
+        self.assertEqual(str(e), "chains.inventory[1].get-config.source: must be one of running, candidate, startup")
+        e = self.error(self.text().replace("- get: {}", "- get: {}\n      on_error: maybe"))
+        self.assertEqual(e.path, "chains.inventory[0].on_error")
+
+    def test_duplicate_device_and_key(self):
+        """Two devices may not share a name or a host key."""
+        dup = f'  - name: edge-1\n    host_keys: ["{fingerprints.of_key(new_key())}"]'
+        self.assertIn("duplicate device name", str(self.error(self.text(dup))))
+        other = f'  - name: edge-2\n    host_keys: ["{self.device_fp}"]'
+        e = self.error(self.text(other))
+        self.assertEqual(e.path, "devices[1].host_keys[0]")
+        self.assertIn("already listed for device 'edge-1'", e.problem)
+
+    def test_device_name_cannot_escape_results_dir(self):
+        """The name becomes a folder: no path separators or dot-dot."""
+        e = self.error(self.text().replace("name: edge-1", "name: ../etc"))
+        self.assertEqual(e.path, "devices[0].name")
+
+    def test_bad_listen(self):
+        """A bad endpoint string is named with an example."""
+        e = self.error(self.text().replace("tcp:4334", "tpc:4334"))
+        self.assertEqual(e.path, "listen[0]")
+
+    def test_not_yaml(self):
+        """A YAML syntax error gives the line."""
+        e = self.error("listen: [tcp:1\n  bad: :")
+        self.assertIn("not valid YAML at line", str(e))
+
+    def test_missing_file(self):
+        """A config file that does not exist is reported, not a traceback."""
+        with self.assertRaises(config.ConfigError) as caught:
+            config.load(self.tmp / "missing.yaml")
+        self.assertIn("cannot read config file", str(caught.exception))
+
+    def test_no_credentials(self):
+        """A device with no way to log in is a config error."""
+        e = self.error(self.text(defaults="{username: admin}"))
+        self.assertIn("no credentials", str(e))
