@@ -192,8 +192,14 @@ class NetconfdCallHomeTests(unittest.TestCase):
             f"  {r.outcome}: state={r.state} reason={r.reason!r} fingerprint={r.fingerprint}"
             for r in self.records
         )
+        sessions = "\n".join(
+            f"  {s.framing}: session-id={s.session_id} received={s.bytes_received} bytes, "
+            f"{s._framer.buffered()} buffered, close reason {s.close_reason!r}"
+            for s in self.sessions
+        )
         return (
             f"\ncounts: {dict(self.service.manager.counts)}\ncalls:\n{records}"
+            f"\nNETCONF sessions:\n{sessions}"
             f"\n--- sshd log ---\n{device.sshd_log()}"
             f"\n--- socat log ---\n{socat}"
             f"\n--- netconfd log (tail) ---\n{realpeer.netconfd_log()[-3000:]}"

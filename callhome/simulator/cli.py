@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def finish(_: object) -> None:
         print(f"callhome-device: {caller.ok} calls served, {caller.failed} failed", flush=True)
         result.append(0 if caller.failed == 0 else 1)
-        reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
 
     reactor.callWhenRunning(lambda: caller.run().addBoth(finish))  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
