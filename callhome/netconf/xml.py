@@ -73,12 +73,14 @@ def local_name(element: etree._Element) -> str:
 # --- building what we send ---------------------------------------------------
 
 
-def hello(capabilities: list[str]) -> bytes:
-    """Build the client hello (no session-id: only the server sends one)."""
+def hello(capabilities: list[str], session_id: int | None = None) -> bytes:
+    """Build a hello; only a server's carries a session-id."""
     root = etree.Element(qname("hello"), nsmap={None: NETCONF_NS})
     caps = etree.SubElement(root, qname("capabilities"))
     for uri in capabilities:
         etree.SubElement(caps, qname("capability")).text = uri
+    if session_id is not None:
+        etree.SubElement(root, qname("session-id")).text = str(session_id)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 

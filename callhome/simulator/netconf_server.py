@@ -63,13 +63,8 @@ class NetconfServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Send our hello at once, as RFC 6241 §8.1 asks."""
-        root = etree.Element(xml.qname("hello"), nsmap={None: xml.NETCONF_NS})
-        capabilities = etree.SubElement(root, xml.qname("capabilities"))
         offered = [xml.BASE_1_0] + ([xml.BASE_1_1] if self.offer_base_1_1 else [])
-        for uri in offered:
-            etree.SubElement(capabilities, xml.qname("capability")).text = uri
-        etree.SubElement(root, xml.qname("session-id")).text = str(self.session_id)
-        self.transport.write(EndOfMessageFramer.encode(etree.tostring(root, xml_declaration=True, encoding="UTF-8")))
+        self.transport.write(EndOfMessageFramer.encode(xml.hello(offered, self.session_id)))
 
     def dataReceived(self, data: bytes) -> None:
         """Frame and answer the manager's messages."""
@@ -88,11 +83,18 @@ class NetconfServerProtocol(Protocol):
                 return
             self._rpc(message)
 
-    def _hello(self, message: bytes) -> None:
+    def _parse(self, message: bytes) -> etree._Element | None:
+        """Parse a message from the manager; hang up on a bad one."""
         try:
-            hello = xml.parse_message(message)
-        except xml.XMLRejected:
+            return xml.parse_message(message)
+        except xml.XMLRejected as e:
+            self.log.warn("bad message from manager: {error}", error=e)
             self.transport.loseConnection()
+            return None
+
+    def _hello(self, message: bytes) -> None:
+        hello = self._parse(message)
+        if hello is None:
             return
         capabilities = {c.text for c in hello.iter(xml.qname("capability"))}
         self._hello_done = True
@@ -108,10 +110,8 @@ class NetconfServerProtocol(Protocol):
         self.transport.write(framer.encode(message))
 
     def _rpc(self, message: bytes) -> None:
-        try:
-            request = xml.parse_message(message)
-        except xml.XMLRejected:
-            self.transport.loseConnection()
+        request = self._parse(message)
+        if request is None:
             return
         message_id = request.get("message-id", "")
         reply = etree.Element(xml.qname("rpc-reply"), nsmap={None: xml.NETCONF_NS})
