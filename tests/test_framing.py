@@ -9,7 +9,6 @@ let a device make us buffer without bound.
 
 from __future__ import annotations
 
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from callhome.netconf import framing
@@ -499,15 +498,6 @@ class MaxMessageSizeTests(SynchronousTestCase):
         framer = EndOfMessageFramer(max_message_size=100)
         self.assertRaises(MessageTooLarge, framer.feed, b"x" * 200)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "EndOfMessageFramer raises MessageTooLarge for a message of exactly "
-            "max_message_size bytes when the first bytes of its ]]>]]> marker "
-            "arrive in an earlier read: the no-marker check compares the whole "
-            "buffer (message + partial marker) with the limit"
-        ),
-    )
     def test_eom_maximum_size_message_accepted_however_marker_is_split(self):
         """
         Whether a message is accepted must not depend on how the stream is
@@ -579,14 +569,6 @@ class MaxMessageSizeTests(SynchronousTestCase):
             self.assertLessEqual(framer.buffered(), 50)
         self.assertEqual(framer.feed(b"\n##\n"), [b"y" * 50])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "ChunkedFramer.buffered() adds the announced size of the current "
-            "chunk (_message_size) although its data has not arrived: after "
-            "b'\\n#100\\nab' it reports 100 bytes held, not 2"
-        ),
-    )
     def test_chunked_buffered_counts_only_bytes_received(self):
         """
         buffered() is documented as how many bytes of an incomplete message

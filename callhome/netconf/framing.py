@@ -81,7 +81,9 @@ class EndOfMessageFramer:
             end = self._buffer.find(END_OF_MESSAGE, start)
             if end < 0:
                 self._scanned = len(self._buffer)
-                if self._scanned > self.max_message_size:
+                # The buffer may end with the start of a marker; only what
+                # cannot be part of one counts against the limit.
+                if self._scanned - (len(END_OF_MESSAGE) - 1) > self.max_message_size:
                     raise MessageTooLarge(
                         f"message exceeds {self.max_message_size} bytes "
                         f"without an end-of-message marker"
@@ -223,7 +225,7 @@ class ChunkedFramer:
 
     def buffered(self) -> int:
         """Return how many bytes of an incomplete message are held."""
-        return self._message_size + len(self._buffer) - self._position
+        return sum(map(len, self._parts)) + len(self._buffer) - self._position
 
     @staticmethod
     def encode(message: bytes) -> bytes:

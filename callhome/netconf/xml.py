@@ -9,6 +9,7 @@ anything from the network and keeps libxml2's limits on depth and node size.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -20,23 +21,40 @@ BASE_1_0 = "urn:ietf:params:netconf:base:1.0"
 BASE_1_1 = "urn:ietf:params:netconf:base:1.1"
 
 _NC = "{%s}" % NETCONF_NS
+_SESSION_ID = re.compile(r"^[1-9][0-9]{0,9}$")
 
 
 class XMLRejected(Exception):
     """A message from the device is not acceptable XML."""
 
 
+class _RefuseExternal(etree.Resolver):
+    """Resolve every external reference to nothing: no file is ever opened."""
+
+    def resolve(self, url, pubid, context):  # type: ignore[no-untyped-def]
+        return self.resolve_string("", context)
+
+
+def _hardened_parser() -> etree.XMLParser:
+    parser = etree.XMLParser(
+        # NETCONF is UTF-8 (RFC 6241 §3).  Forcing it also means a document
+        # cannot hide a DOCTYPE from the byte scan below in another encoding.
+        encoding="utf-8",
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        collect_ids=False,
+        remove_blank_text=False,
+    )
+    parser.resolvers.add(_RefuseExternal())
+    return parser
+
+
 # One parser for everything a device sends.  lxml parsers are not thread-safe,
 # but the reactor thread is the only user.
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    collect_ids=False,
-    remove_blank_text=False,
-)
+_PARSER = _hardened_parser()
 
 
 def parse_message(data: bytes) -> etree._Element:
@@ -48,6 +66,10 @@ def parse_message(data: bytes) -> etree._Element:
     """
     if not data.strip():
         raise XMLRejected("empty message")
+    # Refuse a DTD before libxml2 sees it: even with entity loading off it
+    # still opens a local file named as an external subset.
+    if b"<!DOCTYPE" in data:
+        raise XMLRejected("document type declarations are not allowed (RFC 6241 §3)")
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as e:
@@ -177,7 +199,9 @@ def parse_hello(root: etree._Element) -> Hello:
     if session_id is None:
         raise XMLRejected("hello has no session-id")
     session_id = session_id.strip()
-    if not session_id.isdigit() or int(session_id) == 0:
+    # RFC 6241 Appendix B: session-id is a uint32 from 1 (ASCII digits only:
+    # str.isdigit() also accepts superscripts and other scripts' digits).
+    if not _SESSION_ID.match(session_id) or int(session_id) > 4294967295:
         raise XMLRejected(f"hello has an invalid session-id {session_id[:32]!r}")
     return Hello(capabilities=capabilities, session_id=session_id)
 
@@ -218,7 +242,8 @@ def parse_rpc_errors(reply: etree._Element) -> list[RPCError]:
         info = {}
         info_element = element.find(f"{_NC}error-info")
         if info_element is not None:
-            for child in info_element:
+            # Elements only: comments and processing instructions have no name.
+            for child in info_element.iterchildren(tag=etree.Element):
                 info[local_name(child)] = (child.text or "").strip()
         errors.append(
             RPCError(
