@@ -166,6 +166,23 @@ class CallHomeTransport(transport.SSHClientTransport):
             self.call.reason = reason
         self.sendDisconnect(code, reason.encode("utf-8", "replace")[:200])
 
+    def hang_up(self) -> None:
+        """
+        End the call once its NETCONF session is over.
+
+        The channel close we sent is not waited for: a stalled or hostile
+        device that never acknowledges it must not keep the connection.
+        Unlike L{fail}, this leaves the recorded reason to the session.
+        """
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            return
+        self.sendPacket(
+            transport.MSG_DISCONNECT,
+            struct.pack(">L", transport.DISCONNECT_BY_APPLICATION)
+            + common.NS(b"NETCONF session closed") + common.NS(b""),
+        )
+        self.transport.loseConnection()
+
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         """Record why conch (or we) disconnect, then do it."""
         if self.call is not None and self.call.reason is None:
@@ -490,6 +507,11 @@ class NetconfChannel(channel.SSHChannel):
         """The device will send nothing more: close the channel."""
         self.loseConnection()
 
+    def loseConnection(self) -> None:
+        """The session is over: close the channel and hang up the call."""
+        super().loseConnection()
+        self.call_transport.hang_up()
+
     def closed(self) -> None:
         """The channel is gone: end the session, then the whole call."""
         if self.session is not None:
@@ -497,5 +519,5 @@ class NetconfChannel(channel.SSHChannel):
             session.connectionLost(Failure(ConnectionDone("channel closed")))
             if self.call_transport.call is not None and self.call_transport.call.reason is None:
                 self.call_transport.call.reason = session.close_reason
-        self.call_transport.transport.loseConnection()
+        self.call_transport.hang_up()
 

@@ -58,16 +58,17 @@ def load_or_create_host_key(path: str | Path, key_type: str = "ed25519") -> keys
 class NetconfUser(ConchUser):
     """An authenticated manager: may open a session with subsystem netconf."""
 
-    def __init__(self, datastore: Datastore, offer_base_1_1: bool) -> None:
+    def __init__(self, datastore: Datastore, offer_base_1_1: bool, netconf_protocol: type[NetconfServerProtocol] = NetconfServerProtocol) -> None:
         super().__init__()
         self.datastore = datastore
         self.offer_base_1_1 = offer_base_1_1
+        self.netconf_protocol = netconf_protocol
         self.channelLookup[b"session"] = session.SSHSession
 
     def lookupSubsystem(self, subsystem: bytes, data: bytes) -> NetconfServerProtocol | None:
         """Serve ``netconf``; refuse every other subsystem."""
         if subsystem == b"netconf":
-            return NetconfServerProtocol(self.datastore, self.offer_base_1_1)
+            return self.netconf_protocol(self.datastore, self.offer_base_1_1)
         return None
 
     def global_keepalive_openssh_com(self, data: bytes) -> int:
@@ -79,12 +80,13 @@ class NetconfUser(ConchUser):
 class NetconfRealm:
     """Gives every authenticated user a L{NetconfUser}."""
 
-    def __init__(self, datastore: Datastore, offer_base_1_1: bool) -> None:
+    def __init__(self, datastore: Datastore, offer_base_1_1: bool, netconf_protocol: type[NetconfServerProtocol]) -> None:
         self.datastore = datastore
         self.offer_base_1_1 = offer_base_1_1
+        self.netconf_protocol = netconf_protocol
 
     def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, NetconfUser, Any]:
-        user = NetconfUser(self.datastore, self.offer_base_1_1)
+        user = NetconfUser(self.datastore, self.offer_base_1_1, self.netconf_protocol)
         return interfaces[0], user, lambda: None
 
 
@@ -117,7 +119,9 @@ class DeviceSSHFactory(factory.SSHFactory):
 
     @param host_key: the device's identity.
     @param authorized_keys: public keys the manager may log in with.
-    @param passwords: username -> password accepted for password login.
+    @param password: the password accepted for C{username}, if any.
+    @param netconf_protocol: the NETCONF server class (tests plug in
+        misbehaving ones).
     """
 
     protocol = DeviceTransport
@@ -130,6 +134,7 @@ class DeviceSSHFactory(factory.SSHFactory):
         authorized_keys: list[keys.Key] | None = None,
         password: str | None = None,
         offer_base_1_1: bool = True,
+        netconf_protocol: type[NetconfServerProtocol] = NetconfServerProtocol,
     ) -> None:
         self.host_key = host_key
         type_name = host_key.sshType()
@@ -140,7 +145,7 @@ class DeviceSSHFactory(factory.SSHFactory):
             checkers.append(SSHPublicKeyChecker(InMemorySSHKeyDB({username.encode(): list(authorized_keys)})))
         if password is not None:
             checkers.append(InMemoryUsernamePasswordDatabaseDontUse(**{username: password.encode()}))
-        self.portal = Portal(NetconfRealm(datastore, offer_base_1_1), checkers)
+        self.portal = Portal(NetconfRealm(datastore, offer_base_1_1, netconf_protocol), checkers)
         # No group-exchange moduli: the curve25519/ECDH exchanges need none.
         self.primes = {}
 
