@@ -75,7 +75,7 @@ class Manager:
 
         def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str]:
             self._chains_running.discard(chain)
-            record.details["steps"] = outcomes
+            record.steps = outcomes
             failed = [o for o in outcomes if not o.ok]
             if failed and record.reason is None:
                 record.reason = f"step {failed[0].index} {failed[0].action}: {failed[0].error}"
@@ -93,8 +93,8 @@ class Manager:
         if record.outcome == "open":
             record.outcome = _outcome_from_state(record.state, record.reason)
         self.counts[record.outcome] += 1
-        steps = record.details.get("steps") or []
-        ok_steps = sum(1 for s in steps if s.ok)  # type: ignore[attr-defined]
+        steps = record.steps
+        ok_steps = sum(1 for s in steps if s.ok)
         duration = self.clock.seconds() - record.started
         level = self.log.info if record.outcome == "ok" else self.log.warn
         level(

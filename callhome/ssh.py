@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.conch.ssh import channel, common, connection, keys, service, transport, userauth
 from twisted.internet import defer
@@ -118,7 +118,8 @@ class CallRecord:
     device: "Device | None" = None
     reason: str | None = None
     outcome: str = "open"
-    details: dict[str, object] = field(default_factory=dict)
+    #: the chain's step outcomes (L{callhome.actions.runner.StepOutcome}).
+    steps: list[Any] = field(default_factory=list)
 
 
 class CallHomeTransport(transport.SSHClientTransport):
@@ -429,7 +430,9 @@ class CallHomeConnection(connection.SSHConnection):
         """Authenticated: open the session channel for NETCONF."""
         super().serviceStarted()
         self.call_transport.authenticated()
-        device = self.call_transport.call.device  # type: ignore[union-attr]
+        record = self.call_transport.call
+        assert record is not None and record.device is not None
+        device = record.device
         settings = self.call_transport.handler.netconf_settings(device)
         self.openChannel(NetconfChannel(self.call_transport, settings, conn=self))
 

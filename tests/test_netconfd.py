@@ -297,7 +297,7 @@ class NetconfdCallHomeTests(unittest.TestCase):
         record = yield self.call(device)
 
         self.assert_ok(record, device)
-        steps = record.details["steps"]
+        steps = record.steps
         self.assertEqual([(s.action, s.ok) for s in steps], [("get", True), ("get-config", True)])
         [get] = self.result_files("get")
         [get_config] = self.result_files("get-config")

@@ -147,7 +147,7 @@ class DeviceSSHFactory(factory.SSHFactory):
             checkers.append(InMemoryUsernamePasswordDatabaseDontUse(**{username: password.encode()}))
         self.portal = Portal(NetconfRealm(datastore, offer_base_1_1, netconf_protocol), checkers)
         # No group-exchange moduli: the curve25519/ECDH exchanges need none.
-        self.primes = {}
+        self.primes: dict[int, list[tuple[int, int]]] = {}
 
     @property
     def fingerprint(self) -> str:
