@@ -26,6 +26,7 @@ from twisted.conch.ssh import keys
 
 from callhome import fingerprints
 from callhome.actions import Action, ActionConfigError, build_action
+from callhome.algorithms import LEGACY_NAMES
 
 
 class ConfigError(Exception):
@@ -80,6 +81,15 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """What a device inherits from a group or from defaults, resolved."""
+
+    credentials: Credentials
+    chain: str
+    legacy_algorithms: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Device:
     """A device we accept calls from, known by its host keys."""
 
@@ -87,6 +97,13 @@ class Device:
     host_keys: frozenset[str]
     credentials: Credentials
     chain: str
+    group: str | None = None
+    legacy_algorithms: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_profile(cls, name: str, host_keys: frozenset[str], profile: Profile, group: str | None = None) -> "Device":
+        """A device that takes everything from a group's or the defaults' profile."""
+        return cls(name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms)
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,27 @@ class SSHSettings:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    """
+    What a call must get through before it costs us more (RFC 8071 §5).
+
+    @ivar max_pending: connections not yet authenticated at once; more are
+        closed at once.
+    @ivar failed_auth_limit: failed identifications or logins from one
+        source address within C{failed_auth_window} seconds that get the
+        address blocked for C{block_seconds}.
+    @ivar idle_timeout: seconds without a byte from a connected device
+        before its session is closed.
+    """
+
+    max_pending: int = 200
+    failed_auth_limit: int = 10
+    failed_auth_window: float = 300.0
+    block_seconds: float = 900.0
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, valid configuration."""
 
@@ -117,6 +155,14 @@ class Config:
     netconf: NetconfSettings = NetconfSettings()
     ssh: SSHSettings = SSHSettings()
     source: str = "<string>"
+    groups: Mapping[str, "Profile | None"] = field(default_factory=dict)
+    default_profile: Profile | None = None
+    unknown_devices: str = "reject"
+    duplicate_sessions: str = "replace"
+    admission: AdmissionSettings = AdmissionSettings()
+    state_dir: Path = Path("var/state")
+    #: things an operator should fix, each with its key path (logged at start).
+    warnings: tuple[str, ...] = ()
 
     def device_by_fingerprint(self) -> dict[str, Device]:
         """Index the devices by every host-key fingerprint they list."""
@@ -125,12 +171,16 @@ class Config:
 
 # --- reading ---------------------------------------------------------------------
 
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CREDENTIAL_KEYS = (
     "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
     "private_key_passphrase_file", "password", "password_env", "password_file",
 )
-_TOP_KEYS = ("listen", "results_dir", "defaults", "devices", "chains", "netconf", "ssh")
+_PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms")
+_TOP_KEYS = (
+    "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
+    "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
+)
 
 
 class _Node:
@@ -237,6 +287,7 @@ class _Reader:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
+        self.warnings: list[str] = []
         # Parse each key file once even when many devices share it.
         self._keys: dict[tuple[str, str | None], keys.Key] = {}
 
@@ -250,9 +301,23 @@ class _Reader:
         if not listen:
             raise ConfigError("listen", "must list at least one endpoint, e.g. tcp:4334")
         results_dir = Path(top["results_dir"].text()) if "results_dir" in top else Path("var/results")
+        state_dir = Path(top["state_dir"].text()) if "state_dir" in top else Path("var/state")
         chains = self.chains(top.get("chains", _Node({}, "chains")))
-        defaults = top.get("defaults", _Node({}, "defaults")).mapping(_CREDENTIAL_KEYS + ("chain",))
-        devices = tuple(self.devices(top.get("devices", _Node([], "devices")), defaults, chains))
+        defaults_node = top.get("defaults", _Node({}, "defaults"))
+        defaults = defaults_node.mapping(_PROFILE_KEYS)
+        groups_node = top.get("groups", _Node({}, "groups"))
+        group_fields = self.groups(groups_node)
+        groups = {
+            name: self.profile([fields, defaults], groups_node.child_path(name), chains, required=False)
+            for name, fields in group_fields.items()
+        }
+        default_profile = self.profile([defaults], "defaults", chains, required=False)
+        unknown = self.choice(top, "unknown_devices", ("reject", "quarantine", "accept"), "reject")
+        if unknown == "accept":
+            if default_profile is None:
+                raise ConfigError("unknown_devices", "accept needs complete defaults (username, credentials, chain)")
+            self.warn("unknown_devices", "accept: any device that calls is logged in with the default credentials (lab use only)")
+        devices = tuple(self.devices(top.get("devices", _Node([], "devices")), defaults, group_fields, chains))
         return Config(
             listen=listen,
             results_dir=results_dir,
@@ -261,7 +326,102 @@ class _Reader:
             netconf=self.netconf(top.get("netconf", _Node({}, "netconf"))),
             ssh=self.ssh(top.get("ssh", _Node({}, "ssh"))),
             source=source,
+            groups=groups,
+            default_profile=default_profile,
+            unknown_devices=unknown,
+            duplicate_sessions=self.choice(top, "duplicate_sessions", ("replace", "reject"), "replace"),
+            admission=self.admission(top.get("admission", _Node({}, "admission"))),
+            state_dir=state_dir,
+            warnings=tuple(self.warnings),
         )
+
+    def warn(self, path: str, problem: str) -> None:
+        """Note something the operator should fix; it does not stop start-up."""
+        text = f"{path}: {problem}"
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def check_private_file(self, node: _Node, path: str) -> None:
+        """Warn about a secret file that other users can read."""
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            self.warn(node.path, f"{path} is readable by other users (mode {mode & 0o777:o}); chmod 600 it")
+
+    @staticmethod
+    def choice(top: dict[str, _Node], key: str, allowed: tuple[str, ...], default: str) -> str:
+        if key not in top:
+            return default
+        value = top[key].text()
+        if value not in allowed:
+            raise top[key].error(f"must be one of {', '.join(allowed)}")
+        return value
+
+    def admission(self, node: _Node) -> AdmissionSettings:
+        fields = node.mapping(("max_pending", "failed_auth_limit", "failed_auth_window", "block_seconds", "idle_timeout"))
+        d = AdmissionSettings()
+        return AdmissionSettings(
+            max_pending=fields["max_pending"].integer() if "max_pending" in fields else d.max_pending,
+            failed_auth_limit=fields["failed_auth_limit"].integer() if "failed_auth_limit" in fields else d.failed_auth_limit,
+            failed_auth_window=fields["failed_auth_window"].number() if "failed_auth_window" in fields else d.failed_auth_window,
+            block_seconds=fields["block_seconds"].number() if "block_seconds" in fields else d.block_seconds,
+            idle_timeout=fields["idle_timeout"].number() if "idle_timeout" in fields else d.idle_timeout,
+        )
+
+    def groups(self, node: _Node) -> dict[str, dict[str, _Node]]:
+        if node.value is None:
+            return {}
+        if not isinstance(node.value, Mapping):
+            raise node.error(f"must map group names to settings, got {_kind(node.value)}")
+        return {str(name): _Node(value, node.child_path(str(name))).mapping(_PROFILE_KEYS) for name, value in node.value.items()}
+
+    def profile(self, layers: list[dict[str, _Node]], where: str, chains: Mapping[str, Any], required: bool = True) -> Profile | None:
+        """
+        Resolve credentials, chain and legacy algorithms from C{layers}
+        (device, group, defaults: the first that sets a key wins).
+
+        @param required: if False, return None when something is missing
+            instead of failing (groups and defaults may be partial).
+        """
+        def first(key: str) -> _Node | None:
+            return next((layer[key] for layer in layers if key in layer), None)
+
+        def missing(problem: str) -> None:
+            if required:
+                raise ConfigError(where, problem)
+
+        username_node = first("username")
+        chain_node = first("chain")
+        legacy_node = first("legacy_algorithms")
+        legacy = self.legacy(legacy_node) if legacy_node is not None else frozenset()
+        credentials = self.credentials(layers, where, username_node)
+        if credentials is None:
+            missing("no credentials: set private_key or a password (here, in its group or in defaults)")
+        if username_node is None:
+            missing("no username: set username here, in its group or in defaults")
+        if chain_node is None:
+            missing("no chain: set chain here, in its group or in defaults")
+        if chain_node is not None:
+            chain = chain_node.text()
+            if chain not in chains:
+                known = ", ".join(sorted(chains)) or "none defined"
+                raise chain_node.error(f"no chain named {chain!r} (chains: {known})")
+        if credentials is None or username_node is None or chain_node is None:
+            return None
+        return Profile(credentials, chain_node.text(), legacy)
+
+    def legacy(self, node: _Node) -> frozenset[str]:
+        names = set()
+        for entry in node.items():
+            name = entry.text()
+            if name not in LEGACY_NAMES:
+                raise entry.error(f"not a legacy algorithm we can enable (one of {', '.join(sorted(LEGACY_NAMES))})")
+            names.add(name)
+        if names:
+            self.warn(node.path, f"legacy algorithms enabled: {', '.join(sorted(names))}")
+        return frozenset(names)
 
     def endpoint(self, node: _Node) -> str:
         from twisted.internet.endpoints import _parseServer
@@ -329,16 +489,16 @@ class _Reader:
             raise ConfigError(node.child_path("on_error"), "must be stop or continue")
         return Step(name=name, action=action, timeout=timeout, on_error=on_error)
 
-    def devices(self, node: _Node, defaults: dict[str, _Node], chains: Mapping[str, Any]) -> Iterator[Device]:
+    def devices(self, node: _Node, defaults: dict[str, _Node], groups: dict[str, dict[str, _Node]], chains: Mapping[str, Any]) -> Iterator[Device]:
         names: dict[str, str] = {}
         owners: dict[str, str] = {}
-        allowed = ("name", "host_keys", "chain") + _CREDENTIAL_KEYS
+        allowed = ("name", "host_keys", "group") + _PROFILE_KEYS
         for device_node in node.items():
             fields = device_node.mapping(allowed)
             if "name" not in fields:
                 raise device_node.error("missing name")
             name = fields["name"].text()
-            if not _DEVICE_NAME.match(name):
+            if not DEVICE_NAME.match(name):
                 raise fields["name"].error(
                     "must be letters, digits, '.', '_' or '-' (it names the results folder)"
                 )
@@ -359,32 +519,31 @@ class _Reader:
                 host_keys.add(fp)
             if not host_keys:
                 raise fields["host_keys"].error("must list at least one host key")
-            chain_node = fields.get("chain") or defaults.get("chain")
-            if chain_node is None:
-                raise device_node.error("no chain: set chain here or in defaults")
-            chain = chain_node.text()
-            if chain not in chains:
-                known = ", ".join(sorted(chains)) or "none defined"
-                raise chain_node.error(f"no chain named {chain!r} (chains: {known})")
-            yield Device(
-                name=name,
-                host_keys=frozenset(host_keys),
-                credentials=self.credentials(device_node, fields, defaults),
-                chain=chain,
-            )
+            group = None
+            layers = [fields]
+            if "group" in fields:
+                group = fields["group"].text()
+                if group not in groups:
+                    known = ", ".join(sorted(groups)) or "none defined"
+                    raise fields["group"].error(f"no group named {group!r} (groups: {known})")
+                layers.append(groups[group])
+            layers.append(defaults)
+            profile = self.profile(layers, device_node.path, chains)
+            assert profile is not None
+            yield Device.from_profile(name, frozenset(host_keys), profile, group)
 
-    def credentials(self, device_node: _Node, fields: dict[str, _Node], defaults: dict[str, _Node]) -> Credentials:
+    def credentials(self, layers: list[dict[str, _Node]], where: str, username_node: _Node | None) -> Credentials | None:
+        """The credentials C{layers} give, or None if they give none."""
         def pick(*group: str) -> dict[str, _Node]:
-            # A device that sets any key of a group overrides the whole group
-            # from defaults, so password_env on a device replaces password_file
-            # in defaults rather than clashing with it.
-            chosen = {k: fields[k] for k in group if k in fields}
-            return chosen or {k: defaults[k] for k in group if k in defaults}
+            # A layer that sets any key of a group overrides the whole group
+            # below it, so password_env on a device replaces password_file in
+            # defaults rather than clashing with it.
+            for layer in layers:
+                chosen = {k: layer[k] for k in group if k in layer}
+                if chosen:
+                    return chosen
+            return {}
 
-        username_node = fields.get("username") or defaults.get("username")
-        if username_node is None:
-            raise device_node.error("no username: set username here or in defaults")
-        username = username_node.text()
         password = self.secret(pick("password", "password_env", "password_file"), "password")
         private_keys: tuple[keys.Key, ...] = ()
         key_fields = pick("private_key", "private_key_passphrase", "private_key_passphrase_env", "private_key_passphrase_file")
@@ -392,7 +551,8 @@ class _Reader:
             passphrase = self.secret(key_fields, "private_key_passphrase")
             private_keys = (self.private_key(key_fields["private_key"], passphrase),)
         if not private_keys and password is None:
-            raise device_node.error("no credentials: set private_key or a password (here or in defaults)")
+            return None
+        username = username_node.text() if username_node is not None else ""
         return Credentials(username=username, private_keys=private_keys, password=password)
 
     def secret(self, fields: dict[str, _Node], base: str) -> str | None:
@@ -404,6 +564,7 @@ class _Reader:
             return None
         node = fields[given[0]]
         if given[0] == base:
+            self.warn(node.path, "secret written in the config file; prefer {0}_env or {0}_file".format(base))
             return node.text()
         if given[0].endswith("_env"):
             variable = node.text()
@@ -418,6 +579,7 @@ class _Reader:
             raise node.error(f"cannot read {path}: {e.strerror}") from None
         if not value:
             raise node.error(f"{path} is empty")
+        self.check_private_file(node, path)
         return value
 
     def private_key(self, node: _Node, passphrase: str | None) -> keys.Key:
@@ -440,5 +602,6 @@ class _Reader:
             raise node.error(f"{path} is not a usable private key{hint} ({type(e).__name__})") from None
         if key.isPublic():
             raise node.error(f"{path} holds a public key; give the private key file")
+        self.check_private_file(node, path)
         self._keys[cache_key] = key
         return key

@@ -194,3 +194,96 @@ chains:
         """A device with no way to log in is a config error."""
         e = self.error(self.text(defaults="{username: admin}"))
         self.assertIn("no credentials", str(e))
+
+
+class GroupAndPolicyTests(SynchronousTestCase):
+    """Groups, inheritance, unknown-device and admission policies, warnings."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.key_path = write_key(self.tmp, "manager", new_key())
+        self.fp1 = fingerprints.of_key(new_key())
+        self.fp2 = fingerprints.of_key(new_key())
+
+    def load(self, extra: str = "", device_extra: str = "", environ=None):
+        return config.loads(f"""
+listen: [tcp:4334]
+defaults: {{username: admin, chain: a}}
+groups:
+  core: {{private_key: {self.key_path}, chain: b, legacy_algorithms: [ssh-rsa]}}
+  edge: {{username: edge-admin, password_env: EDGE_PW}}
+devices:
+  - {{name: r1, host_keys: ["{self.fp1}"], group: core{device_extra}}}
+  - {{name: e1, host_keys: ["{self.fp2}"], group: edge}}
+chains: {{a: [get: {{}}], b: [get-config: {{}}]}}
+{extra}
+""", environ=environ if environ is not None else {"EDGE_PW": "pw"})
+
+    def test_device_inherits_group_then_defaults(self):
+        """Device over group over defaults, key by key."""
+        loaded = self.load()
+        r1, e1 = loaded.devices
+        self.assertEqual((r1.group, r1.chain, r1.credentials.username), ("core", "b", "admin"))
+        self.assertEqual(r1.legacy_algorithms, frozenset({"ssh-rsa"}))
+        self.assertEqual((e1.chain, e1.credentials.username, e1.credentials.password), ("a", "edge-admin", "pw"))
+        self.assertEqual(loaded.groups["core"].chain, "b")
+        self.assertIsNone(loaded.default_profile, "defaults alone have no credentials")
+
+    def test_device_overrides_group(self):
+        """A device's own chain wins over its group's."""
+        r1 = self.load(device_extra=", chain: a").devices[0]
+        self.assertEqual(r1.chain, "a")
+
+    def test_unknown_group(self):
+        """A device naming a missing group is refused with the known groups."""
+        with self.assertRaises(config.ConfigError) as caught:
+            config.loads(f"listen: [tcp:1]\ndevices: [{{name: x, host_keys: ['{self.fp1}'], group: nope}}]\n")
+        self.assertEqual(caught.exception.path, "devices[0].group")
+
+    def test_policies_default_and_choices(self):
+        """Safe defaults: reject unknown devices, replace duplicates."""
+        loaded = self.load()
+        self.assertEqual((loaded.unknown_devices, loaded.duplicate_sessions), ("reject", "replace"))
+        self.assertEqual(loaded.admission.max_pending, 200)
+        loaded = self.load("unknown_devices: quarantine\nduplicate_sessions: reject\nadmission: {max_pending: 5, failed_auth_limit: 3}")
+        self.assertEqual((loaded.unknown_devices, loaded.duplicate_sessions), ("quarantine", "reject"))
+        self.assertEqual((loaded.admission.max_pending, loaded.admission.failed_auth_limit), (5, 3))
+        with self.assertRaises(config.ConfigError) as caught:
+            self.load("unknown_devices: allow")
+        self.assertEqual(str(caught.exception), "unknown_devices: must be one of reject, quarantine, accept")
+
+    def test_accept_needs_complete_defaults_and_warns(self):
+        """accept runs strangers with the defaults: they must be complete, and it is loud."""
+        with self.assertRaises(config.ConfigError) as caught:
+            self.load("unknown_devices: accept")
+        self.assertEqual(caught.exception.path, "unknown_devices")
+        loaded = config.loads(f"""
+listen: [tcp:1]
+unknown_devices: accept
+defaults: {{username: admin, private_key: {self.key_path}, chain: a}}
+chains: {{a: [get: {{}}]}}
+""")
+        self.assertTrue(any("unknown_devices: accept" in w for w in loaded.warnings))
+        self.assertEqual(loaded.default_profile.chain, "a")
+
+    def test_unknown_legacy_algorithm(self):
+        """Only known legacy names can be enabled."""
+        with self.assertRaises(config.ConfigError) as caught:
+            config.loads(f"listen: [tcp:1]\ndefaults: {{legacy_algorithms: [rot13]}}\n")
+        self.assertEqual(caught.exception.path, "defaults.legacy_algorithms[0]")
+
+    def test_secret_warnings(self):
+        """Inline passwords, readable key and password files, legacy algorithms: warned."""
+        self.key_path.chmod(0o644)
+        pw = self.tmp / "pw"
+        pw.write_text("x")
+        pw.chmod(0o640)
+        loaded = self.load(device_extra=f", password_file: {pw}")
+        text = "\n".join(loaded.warnings)
+        self.assertIn("groups.core.private_key", text)
+        self.assertIn("readable by other users", text)
+        self.assertIn("devices[0].password_file", text)
+        self.assertIn("legacy algorithms enabled: ssh-rsa", text)
+        loaded = config.loads(f"listen: [tcp:1]\ndefaults: {{username: a, password: hunter2, chain: c}}\nchains: {{c: [get: {{}}]}}\n")
+        self.assertIn("defaults.password: secret written in the config file", loaded.warnings[0])
+        self.assertNotIn("hunter2", "\n".join(loaded.warnings))
