@@ -26,9 +26,19 @@ class CallHomeFactory(ServerFactory):
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
-        """A new call: we are the SSH client on it (RFC 8071 §3.1 C1-C3)."""
-        call = CallHomeTransport(self.manager, self.manager.config.ssh.handshake_timeout)
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """
+        A new call: we are the SSH client on it (RFC 8071 §3.1 C1-C3).
+        Returning None (admission refused) closes the socket at once.
+        """
+        source = getattr(addr, "host", str(addr))
+        if not self.manager.admit(source):
+            return None
+        config = self.manager.config
+        call = CallHomeTransport(
+            self.manager, config.ssh.handshake_timeout,
+            idle_timeout=config.admission.idle_timeout, offer=self.manager.offer,
+        )
         call.factory = self
         self.manager.call_started(call)
         return call

@@ -1,14 +1,17 @@
 """
-The manager: what happens to a call once the device is identified.
+The manager: the policies of a call, from admission to its log line.
 
 It answers the transport's questions (:class:`callhome.ssh.CallHandler`):
-which device owns this host key, which NETCONF settings apply, and, once the
-NETCONF hello is in, it runs the device's chain and closes the session.  It
-writes the one log line per call and keeps the counts the service reports.
+may this connection in (admission), whose host key is this and may it call
+now (registry, unknown-device and duplicate-session policies), and once the
+NETCONF hello is in it runs the device's chain and closes the session.  It
+keeps each device's status in the registry, writes the one log line per
+call and keeps the counts the service reports.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -16,9 +19,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from callhome import algorithms
 from callhome.actions import ActionContext
 from callhome.actions.runner import StepOutcome, run_chain
+from callhome.admission import Admission
 from callhome.config import Config, Device, NetconfSettings
+from callhome.registry import Registry
 from callhome.results import ResultsWriter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,39 +37,121 @@ class Manager:
     Serves call homes for one configuration.
 
     @ivar active: the calls now connected.
+    @ivar sessions: device name -> its identified call (for duplicates).
     @ivar counts: finished calls by outcome.
     """
 
     log = Logger(namespace="callhome")
 
-    def __init__(self, config: Config, clock: IReactorTime, results: ResultsWriter | None = None) -> None:
+    def __init__(self, config: Config, clock: IReactorTime, results: ResultsWriter | None = None, registry: Registry | None = None) -> None:
         self.config = config
         self.clock = clock
         self.results = results or ResultsWriter(config.results_dir)
-        self._devices = config.device_by_fingerprint()
+        self.registry = registry or Registry(config, clock)
+        self.admission = Admission(config.admission, clock)
         self.active: set["CallHomeTransport"] = set()
+        self.sessions: dict[str, "CallHomeTransport"] = {}
         self.counts: Counter[str] = Counter()
-        self._chains_running: set[defer.Deferred[object]] = set()
+        self.offer = algorithms.offer(self._legacy_opt_ins())
 
-    # --- CallHandler ---------------------------------------------------------------
+    def _legacy_opt_ins(self) -> set[str]:
+        """Every legacy algorithm any device, group or the defaults opted into."""
+        names: set[str] = set()
+        for device in self.config.devices:
+            names |= device.legacy_algorithms
+        for profile in [*self.config.groups.values(), self.config.default_profile]:
+            if profile is not None:
+                names |= profile.legacy_algorithms
+        return names
 
-    def identify(self, fingerprint: str) -> Device | None:
-        """Return the device whose host key has this fingerprint."""
-        return self._devices.get(fingerprint)
+    # --- admission -------------------------------------------------------------------
+
+    def admit(self, source: str) -> bool:
+        """Whether to take a new connection from C{source} (counted if not)."""
+        return self.admission.admit(source) is None
+
+    def call_started(self, call: "CallHomeTransport") -> None:
+        """Track a new, admitted connection."""
+        self.active.add(call)
+
+    # --- CallHandler ----------------------------------------------------------------
+
+    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> Device | None:
+        """
+        Find the device by its host key and apply the policies: unknown
+        devices (reject, quarantine, accept) and duplicate sessions.
+        """
+        record = call.call
+        assert record is not None
+        device = self.registry.identify(fingerprint)
+        if device is None:
+            device = self._unknown(call, fingerprint, key_type)
+            if device is None:
+                return None
+        current = self.sessions.get(device.name)
+        if current is not None and current is not call:
+            if self.config.duplicate_sessions == "reject":
+                record.outcome = "duplicate-refused"
+                record.reason = f"device {device.name} already has a session (duplicate_sessions: reject)"
+                self.log.warn("refused call from {peer}: {reason}", peer=record.peer, reason=record.reason)
+                return None
+            self.log.warn(
+                "device {device} called again from {peer}: closing its session from {old} "
+                "(duplicate_sessions: replace)",
+                device=device.name, peer=record.peer, old=current.call.peer if current.call else "?",
+            )
+            if current.call is not None:
+                current.call.reason = "replaced by a new call from the same device"
+                current.call.outcome = "replaced"
+            if current.session is not None:
+                current.session.close()
+            else:
+                current.hang_up()
+        self.sessions[device.name] = call
+        self.registry.transition(device, "connecting", source=record.peer, fingerprint=fingerprint)
+        return device
+
+    def _unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> Device | None:
+        record = call.call
+        assert record is not None
+        policy = self.config.unknown_devices
+        if policy == "accept":
+            assert self.config.default_profile is not None
+            name = "unknown-" + re.sub(r"[^A-Za-z0-9]", "", fingerprint[len("SHA256:"):])[:16]
+            self.log.warn(
+                "accepting unknown device {fingerprint} ({key_type}) from {peer} as {name} "
+                "(unknown_devices: accept)",
+                fingerprint=fingerprint, key_type=key_type, peer=record.peer, name=name,
+            )
+            return Device.from_profile(name, frozenset([fingerprint]), self.config.default_profile)
+        record.outcome = "unknown-host-key"
+        if policy == "quarantine":
+            self.registry.quarantine(fingerprint, key_type, record.peer)
+            record.reason = "unknown host key (quarantined)"
+        else:
+            record.reason = "unknown host key"
+        self.log.warn(
+            "refused call from {peer}: unknown host key {fingerprint} ({key_type}); no credentials sent",
+            peer=record.peer, fingerprint=fingerprint, key_type=key_type,
+        )
+        return None
 
     def netconf_settings(self, device: Device) -> NetconfSettings:
         """The NETCONF settings for a device's session."""
         return self.config.netconf
 
-    def call_started(self, call: "CallHomeTransport") -> None:
-        """Track a new connection."""
-        self.active.add(call)
+    def authenticated(self, call: "CallHomeTransport") -> None:
+        """A call logged in: no longer pending admission."""
+        self.admission.authenticated()
+        if call.call is not None and call.call.device is not None:
+            self.registry.transition(call.call.device, "authenticating")
 
     def session_ready(self, call: "CallHomeTransport", session: "NetconfSession") -> None:
         """Run the device's chain, then close the session (periodic mode)."""
         record = call.call
         assert record is not None and record.device is not None
         device = record.device
+        self.registry.transition(device, "connected")
         context = ActionContext(
             device=device,
             session=session,
@@ -71,27 +159,31 @@ class Manager:
             log=Logger(namespace=f"callhome.device.{device.name}"),
         )
         chain = run_chain(self.config.chains[device.chain], context, self.clock)
-        self._chains_running.add(chain)
 
         def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str]:
-            self._chains_running.discard(chain)
             record.steps = outcomes
             failed = [o for o in outcomes if not o.ok]
             if failed and record.reason is None:
                 record.reason = f"step {failed[0].index} {failed[0].action}: {failed[0].error}"
-            record.outcome = "chain-failed" if failed else "ok"
+            if record.outcome == "open":
+                record.outcome = "chain-failed" if failed else "ok"
             return session.close()
 
         chain.addCallback(finished)
         chain.addErrback(lambda f: self.log.failure("chain runner failed for {device}", f, device=device.name))
 
     def call_ended(self, call: "CallHomeTransport") -> None:
-        """Log the call's one line and count its outcome."""
+        """Log the call's one line, count its outcome, update the device's status."""
         self.active.discard(call)
         record = call.call
         assert record is not None
+        if not record.authenticated:
+            self.admission.failed_before_auth(record.source)
         if record.outcome == "open":
             record.outcome = _outcome_from_state(record.state, record.reason)
+        if record.device is not None and self.sessions.get(record.device.name) is call:
+            del self.sessions[record.device.name]
+            self.registry.transition(record.device, _status_after(record.outcome), error=None if record.outcome == "ok" else record.reason)
         self.counts[record.outcome] += 1
         steps = record.steps
         ok_steps = sum(1 for s in steps if s.ok)
@@ -118,7 +210,7 @@ class Manager:
         for call in list(self.active):
             if call.session is not None:
                 waits.append(call.session.close())
-            else:
+            elif call.transport is not None:
                 call.transport.loseConnection()
         return defer.DeferredList(waits, consumeErrors=True)
 
@@ -130,3 +222,12 @@ def _outcome_from_state(state: str, reason: str | None) -> str:
     if state == "authenticating":
         return "auth-failed"
     return "session-failed"
+
+
+def _status_after(outcome: str) -> str:
+    """The registry status a device has after a call with this outcome."""
+    if outcome == "auth-failed":
+        return "failed-auth"
+    if outcome == "not-allowed":
+        return "failed-not-allowed"
+    return "disconnected"

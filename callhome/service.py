@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -70,12 +71,22 @@ class CallHomeService(MultiService):
         self.reactor = reactor
         self.manager = Manager(config, reactor)
         self.factory = CallHomeFactory(self.manager)
+        for warning in config.warnings:
+            self.log.warn("config: {warning}", warning=warning)
+        # Registry upkeep: pick up approvals, write status, forget old blocks.
+        housekeeping = TimerService(1.0, self._housekeeping)
+        housekeeping.clock = reactor
+        housekeeping.setServiceParent(self)
         self.listeners: list[EndpointListener] = []
         for description in config.listen:
             endpoint = serverFromString(reactor, with_backlog(description))
             listener = EndpointListener(description, endpoint, self.factory)
             listener.setServiceParent(self)
             self.listeners.append(listener)
+
+    def _housekeeping(self) -> None:
+        self.manager.registry.tick()
+        self.manager.admission.prune()
 
     def addresses(self) -> list[object]:
         """The bound address of every listener (e.g. to learn a tcp:0 port)."""
@@ -95,5 +106,6 @@ class CallHomeService(MultiService):
         """Stop accepting calls, then close every open session."""
         stopped = defer.maybeDeferred(super().stopService)
         stopped.addCallback(lambda _: self.manager.close_all())
+        stopped.addCallback(lambda _: self.manager.registry.save(force=True))
         stopped.addCallback(lambda _: None)
         return stopped

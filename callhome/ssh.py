@@ -34,39 +34,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate, FilteringLogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 
+from callhome import algorithms as algorithms_module
 from callhome import fingerprints
 from callhome.netconf.session import NetconfSession
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Credentials, Device, NetconfSettings
-
-
-# Algorithms we offer, best first.  The host-key order is fixed so the same
-# device always presents the same key type; every key the config lists for
-# it still matches.  Only modern algorithms are on this list.
-KEX_ALGORITHMS = [
-    b"curve25519-sha256",
-    b"curve25519-sha256@libssh.org",
-    b"mlkem768x25519-sha256",
-    b"ecdh-sha2-nistp256",
-    b"ecdh-sha2-nistp384",
-    b"ecdh-sha2-nistp521",
-    b"diffie-hellman-group-exchange-sha256",
-]
-HOST_KEY_ALGORITHMS = [
-    b"ssh-ed25519",
-    b"ecdsa-sha2-nistp256",
-    b"ecdsa-sha2-nistp384",
-    b"ecdsa-sha2-nistp521",
-    b"rsa-sha2-512",
-    b"rsa-sha2-256",
-]
-CIPHERS = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
-MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
-
-
-def _supported(wanted: list[bytes], available: list[bytes]) -> list[bytes]:
-    return [name for name in wanted if name in available]
 
 
 # conch logs every packet-level step at debug/info through the global
@@ -87,8 +60,14 @@ class CallHandler(Protocol):
 
     clock: IReactorTime
 
-    def identify(self, fingerprint: str) -> "Device | None":
-        """Return the device whose host key this is, or None."""
+    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> "Device | None":
+        """
+        Return the device whose host key this is, or None to refuse the
+        call (the handler records why in C{call.call}).
+        """
+
+    def authenticated(self, call: "CallHomeTransport") -> None:
+        """The call logged in."""
 
     def netconf_settings(self, device: "Device") -> "NetconfSettings":
         """Return the NETCONF settings for this device's session."""
@@ -112,7 +91,9 @@ class CallRecord:
 
     peer: str
     started: float
+    source: str = ""
     state: str = "securing"
+    authenticated: bool = False
     fingerprint: str | None = None
     key_type: str | None = None
     device: "Device | None" = None
@@ -133,18 +114,22 @@ class CallHomeTransport(transport.SSHClientTransport):
     _log = _quiet_logger()
     log = Logger(namespace="callhome.ssh")
 
-    supportedKeyExchanges = _supported(KEX_ALGORITHMS, transport.SSHTransportBase.supportedKeyExchanges)
-    supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, transport.SSHTransportBase.supportedPublicKeys)
-    supportedCiphers = _supported(CIPHERS, transport.SSHTransportBase.supportedCiphers)
-    supportedMACs = _supported(MACS, transport.SSHTransportBase.supportedMACs)
-    supportedCompressions = [b"none"]
-
-    def __init__(self, handler: CallHandler, handshake_timeout: float) -> None:
+    def __init__(
+        self,
+        handler: CallHandler,
+        handshake_timeout: float,
+        idle_timeout: float | None = None,
+        offer: dict[str, list[bytes]] | None = None,
+    ) -> None:
         self.handler = handler
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        for name, algorithms in (offer or algorithms_module.offer()).items():
+            setattr(self, name, algorithms)
         self.call: CallRecord | None = None
         self.session: NetconfSession | None = None
         self._handshake_timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         """Start the call: version, KEXINIT, and the handshake deadline."""
@@ -154,6 +139,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         self.call = CallRecord(
             peer=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             started=self.handler.clock.seconds(),
+            source=host,
         )
         self._handshake_timer = self.handler.clock.callLater(
             self.handshake_timeout, self._handshake_timed_out
@@ -209,30 +195,52 @@ class CallHomeTransport(transport.SSHClientTransport):
         fp = fingerprints.of_blob(hostKey)
         key_type = common.getNS(hostKey)[0].decode("ascii", "replace")
         self.call.fingerprint, self.call.key_type = fp, key_type
-        device = self.handler.identify(fp)
+        device = self.handler.identify(self, fp, key_type)
         if device is None:
-            self.call.reason = "unknown host key"
-            self.call.outcome = "unknown-host-key"
-            self.log.warn(
-                "refused call from {peer}: unknown host key {fingerprint} ({key_type}); "
-                "no credentials sent",
-                peer=self.call.peer, fingerprint=fp, key_type=key_type,
-            )
             return defer.fail(UnknownHostKey(fp))
         self.call.device = device
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
-        """The device proved its host key: now, and only now, authenticate."""
+        """
+        The device proved its host key: check the algorithms it negotiated
+        are allowed for it, then, and only then, authenticate.
+        """
         assert self.call is not None and self.call.device is not None
+        device = self.call.device
+        negotiated = [self.kexAlg, self.keyAlg]
+        ciphers = self.currentEncryptions
+        negotiated += [ciphers.outCipType, ciphers.inCipType, ciphers.outMACType, ciphers.inMACType]
+        refused = algorithms_module.legacy_in_use(negotiated) - device.legacy_algorithms
+        if refused:
+            self.call.outcome = "not-allowed"
+            self.fail(
+                f"device {device.name} negotiated legacy algorithm(s) {', '.join(sorted(refused))} "
+                f"it has not opted into (legacy_algorithms)"
+            )
+            return
         self.call.state = "authenticating"
         connection_service = CallHomeConnection(self)
-        self.requestService(CallHomeUserAuth(self.call.device.credentials, connection_service))
+        self.requestService(CallHomeUserAuth(device.credentials, connection_service))
 
     def authenticated(self) -> None:
         """Called by the connection service once userauth succeeded."""
         assert self.call is not None
         self.call.state = "channelling"
+        self.call.authenticated = True
+        self.handler.authenticated(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the device: the session is not idle."""
+        if self._idle_timer is not None:
+            self._idle_timer.reset(self.idle_timeout)
+        super().dataReceived(data)
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        assert self.call is not None
+        self.call.outcome = "idle-timeout"
+        self.fail(f"nothing received from the device for {self.idle_timeout:g}s (admission.idle_timeout)")
 
     def netconf_started(self, session: NetconfSession) -> None:
         """The device's NETCONF hello arrived: hand the session over."""
@@ -242,6 +250,8 @@ class CallHomeTransport(transport.SSHClientTransport):
         self._handshake_timer = None
         self.session = session
         self.call.state = "running"
+        if self.idle_timeout:
+            self._idle_timer = self.handler.clock.callLater(self.idle_timeout, self._idle_timed_out)
         self.handler.session_ready(self, session)
 
     def _handshake_timed_out(self) -> None:
@@ -255,9 +265,10 @@ class CallHomeTransport(transport.SSHClientTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Stop timers, report the call, and let conch stop its service."""
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        for timer in (self._handshake_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._handshake_timer = self._idle_timer = None
         super().connectionLost(reason)
         if self.call is not None:
             if self.call.reason is None and self.session is not None:

@@ -50,7 +50,8 @@ def make_config(
     )
     text = f"""
 listen: ["{listen}"]
-results_dir: {tmp / 'results'}
+results_dir: {tmp / "results"}
+state_dir: {tmp / "state"}
 defaults:
   username: admin
   {credentials}

@@ -1,0 +1,266 @@
+"""
+The device registry: who a host key belongs to, and what each device is doing.
+
+Devices come from the config and from enrollment (quarantined devices an
+operator approved with ``callhome approve``).  For each device it keeps its
+status (``connecting``, ``authenticating``, ``connected``, ``failed-auth``,
+``failed-not-allowed``, ``disconnected``), when and from where it was last
+seen, how many calls it made and its last error.  Unknown host keys seen
+under ``unknown_devices: quarantine`` are kept as pending devices.
+
+State lives in ``state_dir`` as JSON, each file with one writer:
+``status.json`` and ``quarantine.json`` are written by the service,
+``enrolled.json`` by ``callhome approve`` (the service watches it, so an
+approval needs no restart).  Every write is a temporary file renamed into
+place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from callhome import fingerprints
+from callhome.config import DEVICE_NAME, Config, Device
+
+STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected")
+
+STATUS_FILE = "status.json"
+QUARANTINE_FILE = "quarantine.json"
+ENROLLED_FILE = "enrolled.json"
+
+
+@dataclass
+class DeviceStatus:
+    """What we know about one device's calls."""
+
+    name: str
+    status: str = "disconnected"
+    last_seen: float | None = None
+    last_source: str | None = None
+    calls: int = 0
+    last_error: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass
+class PendingDevice:
+    """An unknown host key held in quarantine until an operator approves it."""
+
+    fingerprint: str
+    key_type: str
+    first_seen: float
+    last_seen: float
+    last_source: str
+    times_seen: int = 1
+
+
+@dataclass
+class Enrollment:
+    """An approved device: a host key, a name, and the group it takes settings from."""
+
+    fingerprint: str
+    name: str
+    group: str | None = None
+    approved_at: float = 0.0
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def read_json(path: Path, default: Any) -> Any:
+    """Read a JSON state file; a missing file gives C{default}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+class EnrollmentError(ValueError):
+    """An approval cannot be applied (name taken, unknown group, bad key)."""
+
+
+def check_enrollment(config: Config, enrollment: Enrollment, taken: dict[str, str]) -> Device:
+    """
+    Turn an enrollment into a device, or say why it cannot be one.
+
+    @param taken: fingerprint -> device name of every device already known.
+    """
+    fp = fingerprints.normalise(enrollment.fingerprint)
+    if not DEVICE_NAME.match(enrollment.name):
+        raise EnrollmentError(f"{enrollment.name!r} is not a valid device name (letters, digits, . _ -)")
+    if fp in taken:
+        raise EnrollmentError(f"host key {fp} already belongs to device {taken[fp]!r}")
+    if enrollment.name in taken.values():
+        raise EnrollmentError(f"a device named {enrollment.name!r} already exists")
+    if enrollment.group is not None:
+        if enrollment.group not in config.groups:
+            raise EnrollmentError(f"no group named {enrollment.group!r}")
+        profile = config.groups[enrollment.group]
+        if profile is None:
+            raise EnrollmentError(f"group {enrollment.group!r} (with defaults) has no complete credentials and chain")
+    else:
+        profile = config.default_profile
+        if profile is None:
+            raise EnrollmentError("defaults have no complete credentials and chain: approve into a --group")
+    return Device.from_profile(enrollment.name, frozenset([fp]), profile, enrollment.group)
+
+
+class Registry:
+    """
+    Devices by host-key fingerprint, with status, quarantine and enrollment.
+
+    @ivar status: device name -> L{DeviceStatus}.
+    @ivar pending: fingerprint -> L{PendingDevice} (quarantine).
+    """
+
+    log = Logger(namespace="callhome.registry")
+
+    def __init__(self, config: Config, clock: IReactorTime, state_dir: Path | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.state_dir = Path(state_dir if state_dir is not None else config.state_dir)
+        self._by_fingerprint = config.device_by_fingerprint()
+        self.status: dict[str, DeviceStatus] = {}
+        self.pending: dict[str, PendingDevice] = {}
+        self._enrolled_mtime: float | None = None
+        self._dirty = False
+        self._load()
+
+    # --- identification ---------------------------------------------------------
+
+    def identify(self, fingerprint: str) -> Device | None:
+        """Return the device whose host key has this fingerprint."""
+        return self._by_fingerprint.get(fingerprint)
+
+    def devices(self) -> list[Device]:
+        """Every device we accept: configured and enrolled."""
+        seen: dict[str, Device] = {}
+        for device in self._by_fingerprint.values():
+            seen.setdefault(device.name, device)
+        return list(seen.values())
+
+    def quarantine(self, fingerprint: str, key_type: str, source: str) -> PendingDevice:
+        """Record an unknown host key for an operator to approve."""
+        now = self.clock.seconds()
+        pending = self.pending.get(fingerprint)
+        if pending is None:
+            pending = self.pending[fingerprint] = PendingDevice(fingerprint, key_type, now, now, source)
+            self.log.warn(
+                "quarantined unknown device {fingerprint} ({key_type}) from {source}; "
+                "approve with: callhome approve {fingerprint} NAME",
+                fingerprint=fingerprint, key_type=key_type, source=source,
+            )
+        else:
+            pending.last_seen, pending.last_source = now, source
+            pending.times_seen += 1
+        self._dirty = True
+        return pending
+
+    # --- status ----------------------------------------------------------------------
+
+    def transition(self, device: Device, status: str, source: str | None = None, error: str | None = None, fingerprint: str | None = None) -> None:
+        """Record a device's new status (and, on a new call, where from)."""
+        assert status in STATUSES, status
+        entry = self.status.get(device.name)
+        if entry is None:
+            entry = self.status[device.name] = DeviceStatus(device.name)
+        entry.status = status
+        if status == "connecting":
+            entry.calls += 1
+            entry.last_seen = self.clock.seconds()
+            entry.last_source = source
+            entry.fingerprint = fingerprint
+        if error is not None:
+            entry.last_error = error
+        self._dirty = True
+
+    # --- enrollment ---------------------------------------------------------------
+
+    def check_enrollments(self) -> None:
+        """Apply approvals written to enrolled.json since the last look."""
+        path = self.state_dir / ENROLLED_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._enrolled_mtime:
+            return
+        self._enrolled_mtime = mtime
+        self._apply_enrollments(read_json(path, []))
+
+    def _apply_enrollments(self, entries: list[dict[str, Any]]) -> None:
+        for raw in entries:
+            try:
+                enrollment = Enrollment(**raw)
+                fp = fingerprints.normalise(enrollment.fingerprint)
+            except (TypeError, fingerprints.FingerprintError) as e:
+                self.log.error("ignoring a bad entry in {file}: {error}", file=ENROLLED_FILE, error=e)
+                continue
+            known = self._by_fingerprint.get(fp)
+            if known is not None:
+                continue  # already applied (or configured)
+            taken = {f: d.name for f, d in self._by_fingerprint.items()}
+            try:
+                device = check_enrollment(self.config, enrollment, taken)
+            except EnrollmentError as e:
+                self.log.error("cannot enroll {fingerprint} as {name}: {error}", fingerprint=fp, name=enrollment.name, error=e)
+                continue
+            self._by_fingerprint[fp] = device
+            if self.pending.pop(fp, None) is not None:
+                self._dirty = True
+            self.log.info("enrolled device {name} ({fingerprint})", name=device.name, fingerprint=fp)
+
+    # --- persistence ----------------------------------------------------------------
+
+    def _load(self) -> None:
+        for raw in read_json(self.state_dir / STATUS_FILE, {}).values():
+            try:
+                status = DeviceStatus(**raw)
+            except TypeError:
+                continue
+            if status.status not in ("failed-auth", "failed-not-allowed"):
+                # Nothing is connected to a service that has just started.
+                status.status = "disconnected"
+            self.status[status.name] = status
+        for raw in read_json(self.state_dir / QUARANTINE_FILE, {}).values():
+            try:
+                pending = PendingDevice(**raw)
+            except TypeError:
+                continue
+            self.pending[pending.fingerprint] = pending
+        self.check_enrollments()
+
+    def save(self, force: bool = False) -> None:
+        """Write status and quarantine if they changed."""
+        if not (self._dirty or force):
+            return
+        self._dirty = False
+        write_json(self.state_dir / STATUS_FILE, {n: asdict(s) for n, s in self.status.items()})
+        write_json(self.state_dir / QUARANTINE_FILE, {f: asdict(p) for f, p in self.pending.items()})
+
+    def tick(self) -> None:
+        """Periodic work: pick up approvals, write what changed."""
+        try:
+            self.check_enrollments()
+            self.save()
+        except OSError as e:
+            self.log.error("cannot update state in {dir}: {error}", dir=str(self.state_dir), error=e)
