@@ -25,6 +25,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "callhome = callhome.cli:main",
             "callhome-device = callhome.simulator.cli:main",
         ],
     },
