@@ -5,9 +5,9 @@ A call-home port is reachable by anything on the management network
 (RFC 8071 §5).  Two checks run when a connection is accepted, before any
 SSH work:
 
-* a limit on connections that have not yet authenticated (a flood of
-  silent connections cannot exhaust the manager; the handshake timeout
-  clears them);
+* limits on connections that have not yet authenticated, in all and per
+  source address (a flood of silent connections cannot exhaust the manager
+  or crowd out other sources; the handshake timeout clears them);
 * per-source-address blocking: an address whose calls failed before
   authentication ``failed_auth_limit`` times within ``failed_auth_window``
   seconds is refused for ``block_seconds``.
@@ -35,7 +35,8 @@ class Admission:
     Counts pending handshakes and failures per source; decides admission.
 
     @ivar pending: connections accepted and not yet authenticated.
-    @ivar refused: refusals by reason (``too-many-pending``, ``blocked``).
+    @ivar refused: refusals by reason (``too-many-pending``,
+        ``too-many-pending-from-source``, ``blocked``).
     """
 
     log = Logger(namespace="callhome.admission")
@@ -44,6 +45,7 @@ class Admission:
         self.settings = settings
         self.clock = clock
         self.pending = 0
+        self._pending_by_source: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self._failures: dict[str, deque[float]] = {}
         self._blocked_until: dict[str, float] = {}
@@ -65,19 +67,29 @@ class Admission:
                     pending=self.pending, count=self.refused["too-many-pending"],
                 )
             return "too-many-pending"
+        if self._pending_by_source[source] >= self.settings.max_pending_per_source:
+            self.refused["too-many-pending-from-source"] += 1
+            return "too-many-pending-from-source"
         self.pending += 1
+        self._pending_by_source[source] += 1
         return None
 
-    def authenticated(self) -> None:
-        """An admitted connection authenticated: it no longer counts as pending."""
+    def _done_pending(self, source: str) -> None:
         self.pending -= 1
+        self._pending_by_source[source] -= 1
+        if self._pending_by_source[source] <= 0:
+            del self._pending_by_source[source]
+
+    def authenticated(self, source: str) -> None:
+        """An admitted connection authenticated: it no longer counts as pending."""
+        self._done_pending(source)
 
     def failed_before_auth(self, source: str) -> None:
         """
         An admitted connection ended before authenticating: it no longer
         counts as pending, and its source gets a failure.
         """
-        self.pending -= 1
+        self._done_pending(source)
         now = self.clock.seconds()
         window = self._failures.get(source)
         if window is None:

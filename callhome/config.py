@@ -130,6 +130,8 @@ class AdmissionSettings:
 
     @ivar max_pending: connections not yet authenticated at once; more are
         closed at once.
+    @ivar max_pending_per_source: the same, per source address, so one
+        address cannot take every slot.
     @ivar failed_auth_limit: failed identifications or logins from one
         source address within C{failed_auth_window} seconds that get the
         address blocked for C{block_seconds}.
@@ -138,6 +140,7 @@ class AdmissionSettings:
     """
 
     max_pending: int = 200
+    max_pending_per_source: int = 50
     failed_auth_limit: int = 10
     failed_auth_window: float = 300.0
     block_seconds: float = 900.0
@@ -360,10 +363,11 @@ class _Reader:
         return value
 
     def admission(self, node: _Node) -> AdmissionSettings:
-        fields = node.mapping(("max_pending", "failed_auth_limit", "failed_auth_window", "block_seconds", "idle_timeout"))
+        fields = node.mapping(("max_pending", "max_pending_per_source", "failed_auth_limit", "failed_auth_window", "block_seconds", "idle_timeout"))
         d = AdmissionSettings()
         return AdmissionSettings(
             max_pending=fields["max_pending"].integer() if "max_pending" in fields else d.max_pending,
+            max_pending_per_source=fields["max_pending_per_source"].integer() if "max_pending_per_source" in fields else d.max_pending_per_source,
             failed_auth_limit=fields["failed_auth_limit"].integer() if "failed_auth_limit" in fields else d.failed_auth_limit,
             failed_auth_window=fields["failed_auth_window"].number() if "failed_auth_window" in fields else d.failed_auth_window,
             block_seconds=fields["block_seconds"].number() if "block_seconds" in fields else d.block_seconds,

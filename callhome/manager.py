@@ -142,7 +142,8 @@ class Manager:
 
     def authenticated(self, call: "CallHomeTransport") -> None:
         """A call logged in: no longer pending admission."""
-        self.admission.authenticated()
+        assert call.call is not None
+        self.admission.authenticated(call.call.source)
         if call.call is not None and call.call.device is not None:
             self.registry.transition(call.call.device, "authenticating")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +43,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=1, help="calls to make in all, 0 for no end (default %(default)s)")
     p.add_argument("--interval", type=float, default=0.0, help="seconds between one worker's calls (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=1, help="calls in progress at once (default %(default)s)")
+    p.add_argument("--retries", type=int, default=5, help="retry a call the manager closed before SSH started (admission), up to N times (default %(default)s)")
+    p.add_argument("--retry-delay", type=float, default=1.0, help="longest random wait before a retry, seconds (default %(default)s)")
     p.add_argument("--timeout", type=float, default=60.0, help="give up on one call after this many seconds (default %(default)s)")
+    p.add_argument("--source-address", help="local address to call from (e.g. 127.0.0.2)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     args = p.parse_args(argv)
     if args.password_env:
@@ -86,6 +90,7 @@ class Caller:
         self.ok = 0
         self.failed = 0
         self.started = 0
+        self.retried = 0
 
     def say(self, text: str) -> None:
         if not self.args.quiet:
@@ -98,27 +103,44 @@ class Caller:
 
     @defer.inlineCallbacks
     def call_once(self) -> Any:
-        """One call home: connect, serve the manager, wait for the end."""
+        """One call home, retried (like a real device) if the manager refused it at once."""
         factory = self._next_factory()
-        endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=10)
+        for attempt in range(self.args.retries + 1):
+            refused = yield self._attempt(factory)
+            if not refused:
+                return
+            if attempt < self.args.retries:
+                self.retried += 1
+                yield task.deferLater(self.reactor, random.uniform(0.1, 1.0) * self.args.retry_delay, lambda: None)
+        self.failed += 1
+        self.say(f"call {self.started} ({factory.fingerprint}): refused {self.args.retries + 1} times")
+
+    @defer.inlineCallbacks
+    def _attempt(self, factory: DeviceSSHFactory) -> Any:
+        """One connection; True if the manager closed it before SSH began."""
+        bind = (self.args.source_address, 0) if self.args.source_address else None
+        endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=10, bindAddress=bind)
         try:
             protocol = yield endpoint.connect(factory)
         except Exception as e:
             self.failed += 1
             self.say(f"call to {self.args.manager} failed: {e}")
-            return
+            return False
         done = protocol.done
         done.addTimeout(self.args.timeout, self.reactor, onTimeoutCancel=lambda *_: protocol.transport.abortConnection())
         try:
             yield done
         except defer.TimeoutError:
             pass
+        if not protocol.gotVersion:
+            return True
         if protocol.authenticated:
             self.ok += 1
             self.say(f"call {self.started} ({factory.fingerprint}): served")
         else:
             self.failed += 1
             self.say(f"call {self.started} ({factory.fingerprint}): manager did not log in")
+        return False
 
     @defer.inlineCallbacks
     def worker(self, quota: int | None) -> Any:
@@ -173,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: list[int] = []
 
     def finish(_: object) -> None:
-        print(f"callhome-device: {caller.ok} calls served, {caller.failed} failed", flush=True)
+        print(f"callhome-device: {caller.ok} calls served, {caller.failed} failed, {caller.retried} retries", flush=True)
         result.append(0 if caller.failed == 0 else 1)
         if reactor.running:  # type: ignore[attr-defined]
             reactor.stop()  # type: ignore[attr-defined]
