@@ -14,7 +14,6 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
 
 from callhome.manager import Manager
-from callhome.ssh import CallHomeTransport
 
 #: A reconnect storm overflows the kernel's default accept queue of 50.
 DEFAULT_BACKLOG = 1024
@@ -34,13 +33,8 @@ class CallHomeFactory(ServerFactory):
         source = getattr(addr, "host", str(addr))
         if not self.manager.admit(source):
             return None
-        config = self.manager.config
-        call = CallHomeTransport(
-            self.manager, config.ssh.handshake_timeout,
-            idle_timeout=config.admission.idle_timeout, offer=self.manager.offer,
-        )
+        call = self.manager.new_call()
         call.factory = self
-        self.manager.call_started(call)
         return call
 
 

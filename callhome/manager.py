@@ -70,9 +70,16 @@ class Manager:
         """Whether to take a new connection from C{source} (counted if not)."""
         return self.admission.admit(source) is None
 
-    def call_started(self, call: "CallHomeTransport") -> None:
-        """Track a new, admitted connection."""
+    def new_call(self) -> "CallHomeTransport":
+        """The transport for a new, admitted connection (tracked from now on)."""
+        from callhome.ssh import CallHomeTransport
+
+        call = CallHomeTransport(
+            self, self.config.ssh.handshake_timeout,
+            idle_timeout=self.config.admission.idle_timeout, offer=self.offer,
+        )
         self.active.add(call)
+        return call
 
     # --- CallHandler ----------------------------------------------------------------
 
@@ -157,6 +164,7 @@ class Manager:
             device=device,
             session=session,
             results=self.results,
+            clock=self.clock,
             log=Logger(namespace=f"callhome.device.{device.name}"),
         )
         chain = run_chain(self.config.chains[device.chain], context, self.clock)

@@ -75,8 +75,8 @@ class InMemoryCall:
 
     def __init__(self, manager: Manager, device_factory: DeviceSSHFactory) -> None:
         self.manager = manager
-        self.call = CallHomeTransport(manager, manager.config.ssh.handshake_timeout)
-        manager.call_started(self.call)
+        self.call = manager.new_call()
+        self.admitted = manager.admit("192.168.1.1")
         self.device = device_factory.buildProtocol(None)
         self.device.seen = []
         original = self.device.dispatchMessage

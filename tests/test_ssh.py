@@ -116,8 +116,8 @@ class CallHomeSSHTests(SynchronousTestCase):
         """A peer that connects and never speaks is dropped after handshake_timeout."""
         config = make_config(self.tmp, {"edge-1": self.device_key}, "password: x", extra="ssh: {handshake_timeout: 5}")
         manager = memory_manager(config)
-        call = CallHomeTransport(manager, 5)
-        manager.call_started(call)
+        manager.admit("192.168.1.1")
+        call = manager.new_call()
         tr = StringTransport()
         call.makeConnection(tr)
         manager.clock.advance(4)

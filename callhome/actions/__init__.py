@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Union
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,11 +47,13 @@ class ActionContext:
     @ivar results: where step results are written.
     @ivar outcomes: the results of the earlier steps of this chain, in order.
     @ivar log: a logger whose events carry the device name.
+    @ivar clock: the reactor's clock, for actions that wait.
     """
 
     device: "Device"
     session: "NetconfSession"
     results: "ResultsWriter"
+    clock: IReactorTime
     outcomes: list[Any] = field(default_factory=list)
     log: Logger = field(default_factory=Logger)
 

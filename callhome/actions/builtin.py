@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lxml import etree
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from callhome.actions import ActionConfigError, ActionContext
 from callhome.netconf import xml
@@ -94,7 +94,29 @@ class GetConfig(_SavingRPC):
         super().__init__(operation)
 
 
+class Sleep:
+    """
+    ``sleep: {seconds: N}``: wait before the next step.
+
+    Also the workaround for devices that lose an ``<rpc>`` read together
+    with the client hello (yuma123's netconfd does): a short sleep as the
+    first step.
+    """
+
+    name = "sleep"
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ActionConfigError("must be a number of seconds, 0 or more", key="seconds")
+        self.seconds = float(seconds)
+
+    def __call__(self, context: ActionContext) -> defer.Deferred[None]:
+        """Wait, on the injected clock."""
+        return task.deferLater(context.clock, self.seconds, lambda: None)
+
+
 ACTIONS = {
     "get": Get,
     "get-config": GetConfig,
+    "sleep": Sleep,
 }
