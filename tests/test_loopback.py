@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from lxml import etree
-from twisted.internet import reactor, utils
+from twisted.internet import reactor, task, utils
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from callhome import config as config_module
@@ -30,8 +31,8 @@ def run_device(*args: str):
     )
 
 
-class LoopbackTests(TestCase):
-    """Many simulated devices calling a running service at once."""
+class ServiceTestCase(TestCase):
+    """Runs the service on loopback for a test."""
 
     timeout = 120
 
@@ -52,6 +53,10 @@ chains: {{main: {chain}}}
         self.addCleanup(service.stopService)
         self.manager_pub = f"{manager_key}.pub"
         return service
+
+
+class LoopbackTests(ServiceTestCase):
+    """Many simulated devices calling a running service at once."""
 
     async def test_hundred_devices_at_once(self):
         """
@@ -103,3 +108,97 @@ chains: {{main: {chain}}}
         self.assertEqual(service.manager.counts["unknown-host-key"], 1)
         self.assertEqual(service.manager.counts["ok"], 1)
         self.assertFalse((tmp / "results" / "stranger").exists())
+
+
+class Silent(Protocol):
+    """A client that connects and never says anything."""
+
+    def connectionMade(self) -> None:
+        self.factory.connected.append(self)
+
+    def connectionLost(self, reason=None) -> None:
+        self.factory.lost.append(self)
+
+
+class AdmissionLoopbackTests(ServiceTestCase):
+    """Abuse from one address does not stop a device calling from another."""
+
+    def setUp(self) -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 4096 <= hard or (hard == resource.RLIM_INFINITY and soft < 4096):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+
+    def known_device(self, tmp: Path) -> tuple[str, str]:
+        """Two known devices, good and bad; the good one's key path and the devices YAML."""
+        good = load_or_create_host_key(tmp / "good")
+        bad = load_or_create_host_key(tmp / "bad")
+        return str(tmp / "good"), (
+            f"devices: [{{name: good, host_keys: [\"{fingerprints.of_key(good)}\"]}},"
+            f" {{name: bad, host_keys: [\"{fingerprints.of_key(bad)}\"]}}]"
+        )
+
+    async def test_silent_flood_from_one_address(self):
+        """
+        500 connections from 127.0.0.1 that never speak: all but the
+        per-source allowance are closed at once, and a device calling from
+        127.0.0.2 at the same time is served.
+        """
+        from twisted.internet import defer
+        from twisted.internet.protocol import ClientFactory
+
+        tmp = Path(self.mktemp())
+        key_path, devices = self.known_device(tmp)
+        service = self.start_service(tmp, devices, extra="admission: {max_pending_per_source: 20, max_pending: 100}")
+        port = service.addresses()[0].port
+        factory = ClientFactory.forProtocol(Silent)
+        factory.connected, factory.lost = [], []
+        for _ in range(500):
+            reactor.connectTCP("127.0.0.1", port, factory)
+        deadline = reactor.seconds() + 20
+        while len(factory.lost) < 480 and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertGreaterEqual(len(factory.lost), 480)
+        self.assertEqual(service.manager.admission.pending, 20)
+        out, err, code = await run_device(
+            "--manager", f"127.0.0.1:{port}", "--host-key", key_path, "--source-address", "127.0.0.2",
+            "--authorized-key", self.manager_pub, "--quiet", "--retries", "0",
+        )
+        self.assertEqual(code, 0, (out + err).decode(errors="replace")[-2000:])
+        self.assertEqual(service.manager.counts["ok"], 1)
+        self.assertGreaterEqual(service.manager.admission.refused["too-many-pending-from-source"], 480)
+        for protocol in factory.connected:
+            protocol.transport.loseConnection()
+        await task.deferLater(reactor, 0.1, lambda: None)
+
+    async def test_failed_logins_block_the_address_not_others(self):
+        """
+        50 calls with a key the device refuses, from 127.0.0.1: the address
+        is blocked after failed_auth_limit failures; a correct device from
+        127.0.0.2 is served meanwhile.
+        """
+        tmp = Path(self.mktemp())
+        key_path, devices = self.known_device(tmp)
+        wrong = write_key(tmp / "wrong", "wrong", new_key())
+        service = self.start_service(tmp, devices, extra="admission: {failed_auth_limit: 10, failed_auth_window: 60, block_seconds: 600}")
+        port = service.addresses()[0].port
+        bad = run_device(
+            "--manager", f"127.0.0.1:{port}", "--host-key", str(tmp / "bad"), "--source-address", "127.0.0.1",
+            "--authorized-key", f"{wrong}.pub", "--count", "50", "--concurrency", "1", "--quiet", "--retries", "0",
+        )
+        good = run_device(
+            "--manager", f"127.0.0.1:{port}", "--host-key", key_path, "--source-address", "127.0.0.2",
+            "--authorized-key", self.manager_pub, "--quiet", "--retries", "0",
+        )
+        from twisted.internet import defer
+
+        (bad_out, _, bad_code), (good_out, good_err, good_code) = await defer.gatherResults([bad, good])
+        self.assertEqual(good_code, 0, (good_out + good_err).decode(errors="replace"))
+        self.assertEqual(bad_code, 1)
+        manager = service.manager
+        self.assertIn("127.0.0.1", manager.admission.blocked())
+        self.assertNotIn("127.0.0.2", manager.admission.blocked())
+        self.assertGreaterEqual(manager.counts["auth-failed"], 10)
+        self.assertGreater(manager.admission.refused["blocked"], 0)
+        self.assertEqual(manager.counts["auth-failed"] + manager.admission.refused["blocked"], 50)
