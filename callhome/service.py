@@ -97,7 +97,7 @@ class CallHomeService(MultiService):
         super().startService()
         self.log.info(
             "callhome listening on {endpoints} for {count} devices; results in {results_dir}",
-            endpoints=", ".join(str(a) for a in self.addresses()),
+            endpoints=", ".join(f"{getattr(a, 'host', a)}:{getattr(a, 'port', '')}" for a in self.addresses()),
             count=len(self.config.devices),
             results_dir=str(self.config.results_dir),
         )
