@@ -38,6 +38,9 @@ SUBSYSTEM = "/usr/sbin/netconf-subsystem"
 # ephemeral source port, so the wrapper pretends it was 830.
 NETCONF_PORT = 830
 
+# Set (by sshd's SetEnv) for a device made with input_delay.
+INPUT_DELAY_ENV = "REALPEER_INPUT_DELAY"
+
 # Registry of netconfds started by this module, one pid file per owning
 # test process, so that a later run can kill what a crashed run left behind.
 _REGISTRY = os.path.join(tempfile.gettempdir(), "callhome-realpeer")
@@ -129,15 +132,21 @@ def _ensure_netconfd(timeout: float = 15.0) -> None:
     rundir = tempfile.mkdtemp(prefix="callhome-netconfd-")
     _netconfd_dir = rundir
     sock = _sock_path()
+    subsystem = f"{SUBSYSTEM} --ncxserver-sockname={NETCONF_PORT}@{sock}"
     with open(_wrapper_path(), "w") as f:
         # sshd runs this via the user's shell; SSH_CONNECTION is
-        # "client_ip client_port server_ip server_port".
+        # "client_ip client_port server_ip server_port".  A device made
+        # with input_delay gets INPUT_DELAY_ENV through sshd's SetEnv.
         f.write(
             "#!/bin/sh\n"
             "set -- $SSH_CONNECTION\n"
             f'SSH_CONNECTION="$1 $2 $3 {NETCONF_PORT}"\n'
             "export SSH_CONNECTION\n"
-            f"exec {SUBSYSTEM} --ncxserver-sockname={NETCONF_PORT}@{sock}\n"
+            f'if [ -n "${INPUT_DELAY_ENV}" ]; then\n'
+            f'    {{ sleep "${INPUT_DELAY_ENV}"; exec cat; }} | exec {subsystem}\n'
+            "else\n"
+            f"    exec {subsystem}\n"
+            "fi\n"
         )
     os.chmod(_wrapper_path(), 0o755)
 
@@ -253,13 +262,22 @@ class NetconfdDevice:
         workdir: str,
         authorized_keys: list[str],
         host_key_type: str = "ed25519",
+        input_delay: float = 0.0,
     ) -> None:
         """Generate the host key in ``workdir`` (created if missing).
 
         ``authorized_keys`` are OpenSSH public key lines allowed to log in;
         the list is rewritten to disk on every call_home(), so tests may
         change it between calls.
+
+        ``input_delay`` (seconds) makes a slow reader: netconfd's hello goes
+        out at once, but what the manager sends is held back that long and
+        then passed on in one write (through ``cat``), so netconfd reads
+        the manager's hello together with whatever followed it by then.
         """
+        if input_delay < 0:
+            raise ValueError("input_delay must not be negative")
+        self.input_delay = input_delay
         # sshd_config quoting and AuthorizedKeysFile %-expansion.
         if any(c in workdir for c in '"%\n'):
             raise ValueError(f"unsupported character in workdir {workdir!r}")
@@ -308,6 +326,8 @@ class NetconfdDevice:
                 "LogLevel VERBOSE\n"
                 f"Subsystem netconf {_wrapper_path()}\n"
             )
+            if self.input_delay:
+                f.write(f"SetEnv {INPUT_DELAY_ENV}={self.input_delay:g}\n")
 
     def _write_authorized_keys(self) -> None:
         with open(self._authkeys, "w") as f:
