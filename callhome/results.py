@@ -44,6 +44,36 @@ class ResultsWriter:
         self.now = now
         self.saved = 0
 
+    def stamp(self) -> str:
+        """The UTC timestamp used in result names, e.g. 20261124T081734.587871Z."""
+        return self.now().strftime("%Y%m%dT%H%M%S.%fZ")
+
+    def save_file(self, device: str, relative: str, payload: bytes, under_device: bool = True) -> Path:
+        """
+        Write C{payload} to a chosen path under the results directory (under
+        the device's folder unless C{under_device} is False), replacing any
+        file there atomically.
+
+        @raises ValueError: if the path would leave the results directory.
+        """
+        base = (self.directory / device) if under_device else self.directory
+        final = (base / relative).resolve()
+        root = self.directory.resolve()
+        if root != final and root not in final.parents:
+            raise ValueError(f"{relative!r} is outside the results directory")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), _FILE_MODE)
+                f.write(payload)
+            os.replace(temporary, final)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        self.saved += 1
+        return final
+
     def save(self, device: str, action: str, payload: bytes) -> Path:
         """
         Write one result; return its final path.
@@ -53,7 +83,7 @@ class ResultsWriter:
         """
         folder = self.directory / device
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = self.now().strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = self.stamp()
         fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -48,6 +48,7 @@ class ActionContext:
     @ivar outcomes: the results of the earlier steps of this chain, in order.
     @ivar log: a logger whose events carry the device name.
     @ivar clock: the reactor's clock, for actions that wait.
+    @ivar stop: set by a step to end the chain after it (e.g. ``close``).
     """
 
     device: "Device"
@@ -56,6 +57,7 @@ class ActionContext:
     clock: IReactorTime
     outcomes: list[Any] = field(default_factory=list)
     log: Logger = field(default_factory=Logger)
+    stop: bool = False
 
 
 ActionResult = Union[Any, Deferred, Awaitable[Any]]

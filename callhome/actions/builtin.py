@@ -1,20 +1,19 @@
 """
-The built-in actions: thin functions over the NETCONF session.
+The built-in actions: thin, documented functions over the NETCONF session.
 
-Chain syntax (``etc/config.yaml``)::
+Each is a class built once from the step's parameters (checked when the
+config loads) and called once per session.  Actions that fetch data save the
+reply as received through the results writer (``save: false`` turns that
+off, for a later ``save`` step) and return a :class:`Saved`.  An action that
+needs a capability checks the device's hello first and fails with a clear
+message when it is missing.
 
-    chains:
-      inventory:
-        - get: {}                                   # whole state
-        - get: {subtree: "<interfaces xmlns='urn:ietf:params:xml:ns:yang:ietf-interfaces'/>"}
-        - get-config: {source: running, xpath: "/system", namespaces: {s: "urn:..."}}
-
-Each saves the device's reply, exactly as received, through the results
-writer and returns the saved path.
+See ``README.md`` (Chains) for the parameters of each.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,14 +21,77 @@ from lxml import etree
 from twisted.internet import defer, task
 
 from callhome.actions import ActionConfigError, ActionContext
+from callhome.netconf import operations as ops
 from callhome.netconf import xml
 from callhome.netconf.session import RPCReply
 
 DATASTORES = ("running", "candidate", "startup")
+WITH_DEFAULTS = ("report-all", "report-all-tagged", "trim", "explicit")
 
 
-def _filter_params(subtree: Any, xpath: Any, namespaces: Any) -> dict[str, Any]:
-    """Check the filter parameters shared by get and get-config."""
+class MissingCapability(Exception):
+    """The device did not advertise a capability the action needs."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a data-fetching step produced: the reply, and where it was saved."""
+
+    reply: RPCReply
+    path: Path | None
+
+
+def require(context: ActionContext, capability: str, action: str) -> None:
+    """Fail the step unless the device advertised C{capability} (a prefix)."""
+    uri = ops.CAPABILITY[capability]
+    if not any(c.startswith(uri) for c in context.session.capabilities):
+        raise MissingCapability(f"{action} needs the :{capability} capability ({uri}), which the device does not advertise")
+
+
+# --- parameter checks -----------------------------------------------------------
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise ActionConfigError(f"must be one of {', '.join(allowed)}", key=key)
+    return value
+
+
+def _optional_choice(value: Any, allowed: tuple[str, ...], key: str) -> str | None:
+    return None if value is None else _choice(value, allowed, key)
+
+
+def _xml_text(inline: Any, file: Any, key: str, required: bool = True) -> str | None:
+    """XML given inline (C{key}) or in a file (C{key}_file): read it now."""
+    if inline is not None and file is not None:
+        raise ActionConfigError(f"give {key} or {key}_file, not both")
+    if file is not None:
+        if not isinstance(file, str):
+            raise ActionConfigError("must be a file path", key=f"{key}_file")
+        try:
+            return Path(file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ActionConfigError(f"cannot read {file}: {e.strerror}", key=f"{key}_file") from None
+    if inline is None:
+        if required:
+            raise ActionConfigError(f"give {key} (XML) or {key}_file")
+        return None
+    if not isinstance(inline, str):
+        raise ActionConfigError("must be XML text", key=key)
+    return inline
+
+
+def _parse_fragment(text: str, key: str) -> list[etree._Element]:
+    try:
+        elements = ops.fragment(text)
+    except etree.XMLSyntaxError as e:
+        raise ActionConfigError(f"not well-formed XML: {e}", key=key) from None
+    if not elements:
+        raise ActionConfigError("holds no XML element", key=key)
+    return elements
+
+
+def _filter(subtree: Any, xpath: Any, namespaces: Any) -> etree._Element | None:
     if subtree is not None and not isinstance(subtree, str):
         raise ActionConfigError("must be XML text", key="subtree")
     if xpath is not None and not isinstance(xpath, str):
@@ -39,64 +101,303 @@ def _filter_params(subtree: Any, xpath: Any, namespaces: Any) -> dict[str, Any]:
     if namespaces is not None:
         if xpath is None:
             raise ActionConfigError("only goes with xpath", key="namespaces")
-        if not isinstance(namespaces, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in namespaces.items()
-        ):
+        if not isinstance(namespaces, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in namespaces.items()):
             raise ActionConfigError("must map prefixes to namespace URIs", key="namespaces")
-    return {"subtree": subtree, "xpath": xpath, "namespaces": namespaces}
+    try:
+        return ops.filter_element(subtree, xpath, namespaces)
+    except etree.XMLSyntaxError as e:
+        raise ActionConfigError(f"not well-formed XML: {e}", key="subtree") from None
 
 
-class _SavingRPC:
-    """An action that sends one operation and saves the reply."""
+# --- the actions ------------------------------------------------------------------
+
+
+class _RPCAction:
+    """An action that sends one built operation."""
 
     name = ""
+    needs: tuple[str, ...] = ()
+    save_reply = False
 
-    def __init__(self, operation: etree._Element) -> None:
+    def __init__(self, operation: etree._Element, save: bool = False) -> None:
         self.operation = operation
+        self.save_reply = save
 
-    def __call__(self, context: ActionContext) -> defer.Deferred[Path]:
-        """Send the operation; save and return the path of the reply."""
+    def __call__(self, context: ActionContext) -> defer.Deferred[Any]:
+        """Check capabilities, send, and save or return the reply."""
+        for capability in self.needs:
+            require(context, capability, self.name)
         d = context.session.rpc(self.operation)
-        d.addCallback(self._save, context)
+        d.addCallback(self.done, context)
         return d
 
-    def _save(self, reply: RPCReply, context: ActionContext) -> Path:
-        return context.results.save(context.device.name, self.name, reply.raw)
+    def done(self, reply: RPCReply, context: ActionContext) -> Any:
+        path = context.results.save(context.device.name, self.name, reply.raw) if self.save_reply else None
+        return Saved(reply, path) if self.save_reply or reply.data is not None else "ok"
 
 
-class Get(_SavingRPC):
-    """``<get>``: state and configuration, optionally filtered."""
+class Get(_RPCAction):
+    """``get: {subtree | xpath, namespaces, with_defaults, save}``: state and configuration."""
 
     name = "get"
 
-    def __init__(self, subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> None:
-        params = _filter_params(subtree, xpath, namespaces)
-        try:
-            operation = xml.get(**params)
-        except etree.XMLSyntaxError as e:
-            raise ActionConfigError(f"not well-formed XML: {e}", key="subtree") from None
-        super().__init__(operation)
+    def __init__(self, subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None, with_defaults: str | None = None, save: bool = True) -> None:
+        op = etree.Element(xml.qname("get"), nsmap={None: xml.NETCONF_NS})
+        flt = _filter(subtree, xpath, namespaces)
+        if flt is not None:
+            op.append(flt)
+        ops.with_defaults(op, _optional_choice(with_defaults, WITH_DEFAULTS, "with_defaults"))
+        self.needs = (("xpath",) if xpath else ()) + (("with-defaults",) if with_defaults else ())
+        super().__init__(op, save=bool(save))
 
 
-class GetConfig(_SavingRPC):
-    """``<get-config>`` of one datastore, optionally filtered."""
+class GetConfig(_RPCAction):
+    """``get-config: {source, subtree | xpath, namespaces, with_defaults, save}``."""
 
     name = "get-config"
 
-    def __init__(self, source: str = "running", subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> None:
-        if source not in DATASTORES:
-            raise ActionConfigError(f"must be one of {', '.join(DATASTORES)}", key="source")
-        params = _filter_params(subtree, xpath, namespaces)
+    def __init__(self, source: str = "running", subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None, with_defaults: str | None = None, save: bool = True) -> None:
+        _choice(source, DATASTORES, "source")
+        op = ops.simple("get-config", source=source)
+        flt = _filter(subtree, xpath, namespaces)
+        if flt is not None:
+            op.append(flt)
+        ops.with_defaults(op, _optional_choice(with_defaults, WITH_DEFAULTS, "with_defaults"))
+        self.needs = _datastore_needs(source) + (("xpath",) if xpath else ()) + (("with-defaults",) if with_defaults else ())
+        super().__init__(op, save=bool(save))
+
+
+def _datastore_needs(datastore: str) -> tuple[str, ...]:
+    return {"candidate": ("candidate",), "startup": ("startup",)}.get(datastore, ())
+
+
+class EditConfig(_RPCAction):
+    """
+    ``edit-config: {target, config | config_file, default_operation,
+    test_option, error_option}``.
+    """
+
+    name = "edit-config"
+
+    def __init__(self, target: str = "candidate", config: str | None = None, config_file: str | None = None, default_operation: str | None = None, test_option: str | None = None, error_option: str | None = None) -> None:
+        _choice(target, ("running", "candidate"), "target")
+        text = _xml_text(config, config_file, "config")
+        assert text is not None
+        elements = _parse_fragment(text, "config" if config is not None else "config_file")
+        op = ops.edit_config(
+            target, elements,
+            _optional_choice(default_operation, ("merge", "replace", "none"), "default_operation"),
+            _optional_choice(test_option, ("test-then-set", "set", "test-only"), "test_option"),
+            _optional_choice(error_option, ("stop-on-error", "continue-on-error", "rollback-on-error"), "error_option"),
+        )
+        self.needs = ("candidate",) if target == "candidate" else ("writable-running",)
+        if test_option is not None:
+            self.needs += ("validate",)
+        super().__init__(op)
+
+
+class _DatastoreOp(_RPCAction):
+    """An operation on one datastore: lock, unlock, delete-config."""
+
+    role = "target"
+    allowed: tuple[str, ...] = DATASTORES
+
+    def __init__(self, target: str = "candidate") -> None:
+        _choice(target, self.allowed, "target")
+        self.needs = _datastore_needs(target)
+        super().__init__(ops.simple(self.name, **{self.role: target}))
+
+
+class Lock(_DatastoreOp):
+    """``lock: {target}``: lock a datastore for this session (RFC 6241 §7.5)."""
+
+    name = "lock"
+
+
+class Unlock(_DatastoreOp):
+    """``unlock: {target}``."""
+
+    name = "unlock"
+
+
+class DeleteConfig(_DatastoreOp):
+    """``delete-config: {target}``: startup only (running cannot be deleted)."""
+
+    name = "delete-config"
+    allowed = ("startup", "candidate")
+
+    def __init__(self, target: str = "startup") -> None:
+        super().__init__(target)
+
+
+class Commit(_RPCAction):
+    """``commit: {confirmed, confirm_timeout, persist, persist_id}``: candidate to running."""
+
+    name = "commit"
+
+    def __init__(self, confirmed: bool = False, confirm_timeout: int | None = None, persist: str | None = None, persist_id: str | None = None) -> None:
+        if confirm_timeout is not None and (isinstance(confirm_timeout, bool) or not isinstance(confirm_timeout, int) or confirm_timeout < 1):
+            raise ActionConfigError("must be a whole number of seconds", key="confirm_timeout")
+        self.needs = ("candidate",) + (("confirmed-commit",) if confirmed or persist_id else ())
+        super().__init__(ops.commit(bool(confirmed), confirm_timeout, persist, persist_id))
+
+
+class DiscardChanges(_RPCAction):
+    """``discard-changes: {}``: reset the candidate to running."""
+
+    name = "discard-changes"
+    needs = ("candidate",)
+
+    def __init__(self) -> None:
+        super().__init__(ops.simple("discard-changes"))
+
+
+class Validate(_RPCAction):
+    """``validate: {source | config | config_file}``."""
+
+    name = "validate"
+
+    def __init__(self, source: str | None = None, config: str | None = None, config_file: str | None = None) -> None:
+        text = _xml_text(config, config_file, "config", required=False)
+        if text is not None and source is not None:
+            raise ActionConfigError("give source or config, not both")
+        if source is not None:
+            _choice(source, DATASTORES, "source")
+        elements = _parse_fragment(text, "config") if text is not None else None
+        self.needs = ("validate",) + _datastore_needs(source or ("candidate" if elements is None else "running"))
+        super().__init__(ops.validate(source or "candidate", elements))
+
+
+class CopyConfig(_RPCAction):
+    """``copy-config: {source | config | config_file, target}``."""
+
+    name = "copy-config"
+
+    def __init__(self, target: str = "startup", source: str | None = None, config: str | None = None, config_file: str | None = None) -> None:
+        _choice(target, DATASTORES, "target")
+        text = _xml_text(config, config_file, "config", required=False)
+        if text is not None and source is not None:
+            raise ActionConfigError("give source or config, not both")
+        if source is not None:
+            _choice(source, DATASTORES, "source")
+        elements = _parse_fragment(text, "config") if text is not None else None
+        self.needs = _datastore_needs(target) + _datastore_needs(source or "running")
+        super().__init__(ops.copy_config(target, source or "running", elements))
+
+
+class RPC(_RPCAction):
+    """``rpc: {xml | file, save}``: any operation, given as XML."""
+
+    name = "rpc"
+
+    def __init__(self, xml: str | None = None, file: str | None = None, save: bool = True) -> None:
+        if xml is not None and file is not None:
+            raise ActionConfigError("give xml or file, not both")
+        text = _xml_text(xml, file, "xml") if file is None else _xml_text(None, file, "xml")
+        assert text is not None
         try:
-            operation = xml.get_config(source, **params)
-        except etree.XMLSyntaxError as e:
-            raise ActionConfigError(f"not well-formed XML: {e}", key="subtree") from None
-        super().__init__(operation)
+            operation = ops.element(text)
+        except (etree.XMLSyntaxError, ValueError) as e:
+            raise ActionConfigError(f"must be one well-formed XML element: {e}", key="xml" if file is None else "file") from None
+        if etree.QName(operation).localname == "rpc":
+            raise ActionConfigError("give the operation inside <rpc>, not the <rpc> itself", key="xml")
+        super().__init__(operation, save=bool(save))
+
+
+class GetSchema:
+    """
+    ``get-schema: {modules}``: download every YANG module the device lists in
+    ietf-netconf-monitoring (``/netconf-state/schemas``), or only C{modules},
+    to ``<results_dir>/<device>/schemas/<module>@<revision>.yang``.
+    """
+
+    name = "get-schema"
+
+    def __init__(self, modules: list[str] | None = None) -> None:
+        if modules is not None and (not isinstance(modules, list) or not all(isinstance(m, str) for m in modules)):
+            raise ActionConfigError("must be a list of module names", key="modules")
+        self.modules = set(modules) if modules else None
+
+    async def __call__(self, context: ActionContext) -> list[Path]:
+        """List the schemas, then fetch each in turn."""
+        require(context, "monitoring", self.name)
+        listing = await context.session.rpc(ops.schemas_filter())
+        n = "{%s}" % ops.MONITORING_NS
+        wanted: dict[tuple[str, str], None] = {}
+        for schema in listing.root.iter(n + "schema"):
+            identifier = (schema.findtext(n + "identifier") or "").strip()
+            version = (schema.findtext(n + "version") or "").strip()
+            fmt = (schema.findtext(n + "format") or "yang").strip()
+            if identifier and fmt.split(":")[-1] == "yang" and (self.modules is None or identifier in self.modules):
+                wanted[(identifier, version)] = None
+        saved = []
+        for identifier, version in wanted:
+            reply = await context.session.rpc(ops.get_schema(identifier, version or None))
+            data = reply.root.find(n + "data")
+            if data is None:
+                data = reply.root.find(xml.qname("data"))
+            text = (data.text or "") if data is not None else ""
+            name = f"{identifier}@{version}.yang" if version else f"{identifier}.yang"
+            saved.append(context.results.save_file(context.device.name, f"schemas/{name}", text.encode("utf-8")))
+        if self.modules is not None:
+            missing = self.modules - {i for i, _ in wanted}
+            if missing:
+                raise LookupError(f"the device lists no schema for {', '.join(sorted(missing))}")
+        context.log.info("get-schema: saved {count} modules for {device}", count=len(saved), device=context.device.name)
+        return saved
+
+
+class Save:
+    """
+    ``save: {path, content}``: write the latest fetched reply somewhere of
+    your choosing.  C{path} may use ``{device}``, ``{action}`` and
+    ``{timestamp}``; C{content} is ``reply`` (as received) or ``data`` (the
+    children of ``<data>``, re-serialised, for diff-friendly files).
+    """
+
+    name = "save"
+
+    def __init__(self, path: str = "{device}/{timestamp}-{action}.xml", content: str = "reply") -> None:
+        if not isinstance(path, str) or ".." in Path(path).parts:
+            raise ActionConfigError("must be a relative path template without '..'", key="path")
+        self.path = path
+        self.content = _choice(content, ("reply", "data"), "content")
+
+    def __call__(self, context: ActionContext) -> Path:
+        """Write the latest Saved reply of this chain."""
+        for outcome in reversed(context.outcomes):
+            if outcome.ok and isinstance(outcome.result, Saved):
+                saved = outcome.result
+                break
+        else:
+            raise LookupError("no earlier step fetched a reply to save")
+        if self.content == "data":
+            data = saved.reply.data
+            payload = b"".join(etree.tostring(child, pretty_print=True) for child in (data if data is not None else []))
+        else:
+            payload = saved.reply.raw
+        relative = self.path.format(device=context.device.name, action=outcome.action, timestamp=context.results.stamp())
+        return context.results.save_file(context.device.name, relative, payload, under_device=False)
+
+
+class Log:
+    """``log: {message}``: one log line; ``{device}`` is replaced."""
+
+    name = "log"
+
+    def __init__(self, message: str = "") -> None:
+        if not isinstance(message, str):
+            raise ActionConfigError("must be text", key="message")
+        self.message = message
+
+    def __call__(self, context: ActionContext) -> None:
+        """Log it with the device's name."""
+        context.log.info("{device}: {message}", device=context.device.name, message=self.message.replace("{device}", context.device.name))
 
 
 class Sleep:
     """
-    ``sleep: {seconds: N}``: wait before the next step.
+    ``sleep: {seconds}``: wait before the next step.
 
     Also the workaround for devices that lose an ``<rpc>`` read together
     with the client hello (yuma123's netconfd does): a short sleep as the
@@ -115,8 +416,32 @@ class Sleep:
         return task.deferLater(context.clock, self.seconds, lambda: None)
 
 
-ACTIONS = {
+class Close:
+    """``close: {}``: end the session now (the rest of the chain is skipped)."""
+
+    name = "close"
+
+    def __call__(self, context: ActionContext) -> defer.Deferred[str]:
+        """close-session, then disconnect."""
+        context.stop = True
+        return context.session.close()
+
+
+ACTIONS: dict[str, Any] = {
     "get": Get,
     "get-config": GetConfig,
+    "edit-config": EditConfig,
+    "lock": Lock,
+    "unlock": Unlock,
+    "commit": Commit,
+    "discard-changes": DiscardChanges,
+    "validate": Validate,
+    "copy-config": CopyConfig,
+    "delete-config": DeleteConfig,
+    "get-schema": GetSchema,
+    "rpc": RPC,
+    "save": Save,
+    "log": Log,
     "sleep": Sleep,
+    "close": Close,
 }

@@ -36,10 +36,6 @@ class StepOutcome:
     error: str | None = None
 
 
-class StepTimeout(Exception):
-    """A step did not finish within its ``timeout``."""
-
-
 def describe_failure(failure: Failure) -> str:
     """A one-line reason for a failed step, for logs and status."""
     value = failure.value
@@ -59,7 +55,7 @@ def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime
 
     def run_step(_: object, index: int, step: Step) -> defer.Deferred[None] | None:
         nonlocal stopped
-        if stopped:
+        if stopped or context.stop:
             return None
         started = clock.seconds()
         d = defer.maybeDeferred(step.action, context)
