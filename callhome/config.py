@@ -174,6 +174,10 @@ class Config:
 
 # --- reading ---------------------------------------------------------------------
 
+#: seconds a step may take unless it sets its own timeout (a hung plugin
+#: fails its step instead of holding the session for ever).
+DEFAULT_STEP_TIMEOUT = 300.0
+
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CREDENTIAL_KEYS = (
     "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
@@ -183,6 +187,7 @@ _PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms")
 _TOP_KEYS = (
     "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
+    "plugin_paths", "step_timeout",
 )
 
 
@@ -291,6 +296,7 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.warnings: list[str] = []
+        self.step_timeout = DEFAULT_STEP_TIMEOUT
         # Parse each key file once even when many devices share it.
         self._keys: dict[tuple[str, str | None], keys.Key] = {}
 
@@ -305,6 +311,9 @@ class _Reader:
             raise ConfigError("listen", "must list at least one endpoint, e.g. tcp:4334")
         results_dir = Path(top["results_dir"].text()) if "results_dir" in top else Path("var/results")
         state_dir = Path(top["state_dir"].text()) if "state_dir" in top else Path("var/state")
+        if "plugin_paths" in top:
+            self.plugin_paths(top["plugin_paths"])
+        self.step_timeout = top["step_timeout"].number() if "step_timeout" in top else DEFAULT_STEP_TIMEOUT
         chains = self.chains(top.get("chains", _Node({}, "chains")))
         defaults_node = top.get("defaults", _Node({}, "defaults"))
         defaults = defaults_node.mapping(_PROFILE_KEYS)
@@ -337,6 +346,18 @@ class _Reader:
             state_dir=state_dir,
             warnings=tuple(self.warnings),
         )
+
+    def plugin_paths(self, node: _Node) -> None:
+        """Directories holding callhome/actions/ plugin modules."""
+        from callhome.actions.plugins import add_plugin_paths
+
+        paths = []
+        for entry in node.items():
+            path = Path(entry.text())
+            if not path.is_dir():
+                raise entry.error(f"{path} is not a directory")
+            paths.append(path)
+        add_plugin_paths(paths)
 
     def warn(self, path: str, problem: str) -> None:
         """Note something the operator should fix; it does not stop start-up."""
@@ -485,7 +506,7 @@ class _Reader:
         except ActionConfigError as e:
             path = params_node.child_path(e.key) if e.key else params_node.path
             raise ConfigError(path, str(e)) from None
-        timeout = None
+        timeout: float | None = self.step_timeout
         if "timeout" in options:
             timeout = _Node(options["timeout"], node.child_path("timeout")).number()
         on_error = options.get("on_error", "stop")

@@ -6,6 +6,12 @@ An action is built once, when the config loads, from the step's parameters
 called once per session with an :class:`ActionContext` and returns a value,
 a Deferred or a coroutine.  The chain runner (:mod:`callhome.actions.runner`)
 strings the steps of a session together as one Deferred chain.
+
+Actions come from three places, looked up in this order: the built-ins
+(:mod:`callhome.actions.builtin`), plugins found by Twisted's plugin system
+(any module in a ``callhome/actions/`` directory on ``sys.path`` that holds
+an :class:`IActionFactory` provider, see :mod:`callhome.actions.plugins`),
+and ``package.module:callable`` references written in the chain itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Union
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.plugin import pluginPackagePaths
+from zope.interface import Attribute, Interface
+
+# Plugin modules dropped into any callhome/actions/ directory on sys.path
+# (without an __init__.py) become part of this package for getPlugins().
+__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]
+__all__: list[str] = []
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Device
@@ -72,6 +85,27 @@ class Action(Protocol):
         """Do the step's work for one session."""
 
 
+class IAction(Interface):
+    """A built chain step (the zope.interface twin of L{Action})."""
+
+    name = Attribute("the action's name, as chains write it")
+
+    def __call__(context: ActionContext) -> ActionResult:  # type: ignore[misc,empty-body]
+        """Do the step's work for one session: return a value, a Deferred or a coroutine."""
+
+
+class IActionFactory(Interface):
+    """
+    What an action plugin provides (together with C{twisted.plugin.IPlugin}):
+    a name for chains, and a way to build the action from a step's parameters.
+    """
+
+    name = Attribute("the action's name, as chains write it")
+
+    def build(**params: Any) -> IAction:  # type: ignore[misc,empty-body]
+        """Build the action; raise L{ActionConfigError} for bad parameters."""
+
+
 ActionFactory = Callable[..., Action]
 
 
@@ -82,20 +116,39 @@ def builtin_actions() -> dict[str, ActionFactory]:
     return dict(builtin.ACTIONS)
 
 
-def build_action(name: str, params: dict[str, Any]) -> Action:
-    """
-    Build the action a chain step names.
-
-    @raises ActionConfigError: for an unknown action or bad parameters.
-    """
-    factories = builtin_actions()
-    factory = factories.get(name)
-    if factory is None:
-        known = ", ".join(sorted(factories))
-        raise ActionConfigError(f"unknown action {name!r} (known: {known})")
-    accepted = inspect.signature(factory).parameters
+def check_parameters(factory: Callable[..., Any], params: dict[str, Any], skip: int = 0) -> None:
+    """Refuse parameters C{factory} does not accept (skipping its first C{skip})."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    parameters = list(signature.parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = [p.name for p in parameters]
     for key in params:
         if key not in accepted:
             names = ", ".join(accepted) or "none"
             raise ActionConfigError(f"unknown parameter (accepted: {names})", key=key)
-    return factory(**params)
+
+
+def build_action(name: str, params: dict[str, Any]) -> Action:
+    """
+    Build the action a chain step names: a built-in, a plugin, or a
+    ``package.module:callable`` reference.
+
+    @raises ActionConfigError: for an unknown action or bad parameters.
+    """
+    from callhome.actions import plugins
+
+    factory = builtin_actions().get(name)
+    if factory is not None:
+        check_parameters(factory, params)
+        return factory(**params)  # type: ignore[no-any-return]
+    plugin = plugins.discovered().get(name)
+    if plugin is not None:
+        return plugins.build_from_plugin(plugin, params)
+    if ":" in name:
+        return plugins.build_from_reference(name, params)
+    known = ", ".join(sorted(set(builtin_actions()) | set(plugins.discovered())))
+    raise ActionConfigError(f"unknown action {name!r} (known: {known}; or package.module:callable)")

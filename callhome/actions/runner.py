@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from callhome.actions import ActionContext
+from callhome.actions.plugins import check_result
 from callhome.config import Step
 
 
@@ -44,6 +45,11 @@ def describe_failure(failure: Failure) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _checked(result: Any) -> Any:
+    check_result(result)
+    return result
+
+
 def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime) -> defer.Deferred[list[StepOutcome]]:
     """
     Run C{steps} in order for one session.
@@ -60,6 +66,7 @@ def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime
         started = clock.seconds()
         d = defer.maybeDeferred(step.action, context)
         d.addCallback(lambda r: defer.Deferred.fromCoroutine(r) if inspect.iscoroutine(r) else r)
+        d.addCallback(_checked)
         if step.timeout is not None:
             d.addTimeout(step.timeout, clock)
 
