@@ -87,6 +87,9 @@ class Profile:
     credentials: Credentials
     chain: str
     legacy_algorithms: frozenset[str] = frozenset()
+    mode: str = "periodic"
+    on_notification: str | None = None
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,11 +102,20 @@ class Device:
     chain: str
     group: str | None = None
     legacy_algorithms: frozenset[str] = frozenset()
+    #: ``periodic`` (run the chain, close) or ``persistent`` (keep the session).
+    mode: str = "periodic"
+    #: the chain each notification runs, if any.
+    on_notification: str | None = None
+    #: persistent mode: close after this many seconds without a NETCONF message.
+    idle_timeout: float | None = None
 
     @classmethod
     def from_profile(cls, name: str, host_keys: frozenset[str], profile: Profile, group: str | None = None) -> "Device":
         """A device that takes everything from a group's or the defaults' profile."""
-        return cls(name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms)
+        return cls(
+            name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms,
+            profile.mode, profile.on_notification, profile.idle_timeout,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,9 +130,18 @@ class NetconfSettings:
 
 @dataclass(frozen=True)
 class SSHSettings:
-    """SSH settings for every call."""
+    """
+    SSH settings for every call.
+
+    @ivar keepalive_interval: persistent sessions: seconds between our
+        keepalive requests.
+    @ivar keepalive_max_missed: unanswered keepalives allowed before the
+        session is dropped.
+    """
 
     handshake_timeout: float = 30.0
+    keepalive_interval: float = 30.0
+    keepalive_max_missed: int = 3
 
 
 @dataclass(frozen=True)
@@ -183,7 +204,7 @@ _CREDENTIAL_KEYS = (
     "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
     "private_key_passphrase_file", "password", "password_env", "password_file",
 )
-_PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms")
+_PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout")
 _TOP_KEYS = (
     "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
@@ -433,9 +454,21 @@ class _Reader:
             if chain not in chains:
                 known = ", ".join(sorted(chains)) or "none defined"
                 raise chain_node.error(f"no chain named {chain!r} (chains: {known})")
+        mode_node = first("mode")
+        mode = mode_node.text() if mode_node is not None else "periodic"
+        if mode not in ("periodic", "persistent"):
+            raise mode_node.error("must be periodic or persistent")  # type: ignore[union-attr]
+        notification_node = first("on_notification")
+        on_notification = None
+        if notification_node is not None:
+            on_notification = notification_node.text()
+            if on_notification not in chains:
+                raise notification_node.error(f"no chain named {on_notification!r}")
+        idle_node = first("idle_timeout")
+        idle = idle_node.number() if idle_node is not None else None
         if credentials is None or username_node is None or chain_node is None:
             return None
-        return Profile(credentials, chain_node.text(), legacy)
+        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle)
 
     def legacy(self, node: _Node) -> frozenset[str]:
         names = set()
@@ -469,10 +502,12 @@ class _Reader:
         )
 
     def ssh(self, node: _Node) -> SSHSettings:
-        keys_ = node.mapping(("handshake_timeout",))
+        keys_ = node.mapping(("handshake_timeout", "keepalive_interval", "keepalive_max_missed"))
         d = SSHSettings()
         return SSHSettings(
             handshake_timeout=keys_["handshake_timeout"].number() if "handshake_timeout" in keys_ else d.handshake_timeout,
+            keepalive_interval=keys_["keepalive_interval"].number() if "keepalive_interval" in keys_ else d.keepalive_interval,
+            keepalive_max_missed=keys_["keepalive_max_missed"].integer() if "keepalive_max_missed" in keys_ else d.keepalive_max_missed,
         )
 
     def chains(self, node: _Node) -> dict[str, tuple[Step, ...]]:

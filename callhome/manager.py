@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -52,6 +52,7 @@ class Manager:
         self.active: set["CallHomeTransport"] = set()
         self.sessions: dict[str, "CallHomeTransport"] = {}
         self.counts: Counter[str] = Counter()
+        self.notifications_received = 0
         self.offer = algorithms.offer(self._legacy_opt_ins())
 
     def _legacy_opt_ins(self) -> set[str]:
@@ -154,12 +155,8 @@ class Manager:
         if call.call is not None and call.call.device is not None:
             self.registry.transition(call.call.device, "authenticating")
 
-    def session_ready(self, call: "CallHomeTransport", session: "NetconfSession") -> None:
-        """Run the device's chain, then close the session (periodic mode)."""
-        record = call.call
-        assert record is not None and record.device is not None
-        device = record.device
-        self.registry.transition(device, "connected")
+    def _context(self, device: Device, session: "NetconfSession") -> ActionContext:
+        """What a chain of this device's steps works with."""
         context = ActionContext(
             device=device,
             session=session,
@@ -167,19 +164,72 @@ class Manager:
             clock=self.clock,
             log=Logger(namespace=f"callhome.device.{device.name}"),
         )
+        context.notifications = lambda root, raw: self._notification(device, session, root, raw)
+        return context
+
+    def session_ready(self, call: "CallHomeTransport", session: "NetconfSession") -> None:
+        """
+        Run the device's chain; then close the session (periodic mode) or
+        keep it with keepalives running (persistent mode).
+        """
+        record = call.call
+        assert record is not None and record.device is not None
+        device = record.device
+        self.registry.transition(device, "connected")
+        context = self._context(device, session)
         chain = run_chain(self.config.chains[device.chain], context, self.clock)
 
-        def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str]:
+        def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str] | None:
             record.steps = outcomes
             failed = [o for o in outcomes if not o.ok]
             if failed and record.reason is None:
                 record.reason = f"step {failed[0].index} {failed[0].action}: {failed[0].error}"
             if record.outcome == "open":
                 record.outcome = "chain-failed" if failed else "ok"
+            if device.mode == "persistent" and not failed and not context.stop and session.close_reason is None:
+                self._keep(call, session, device)
+                return None
             return session.close()
 
         chain.addCallback(finished)
         chain.addErrback(lambda f: self.log.failure("chain runner failed for {device}", f, device=device.name))
+
+    def _keep(self, call: "CallHomeTransport", session: "NetconfSession", device: Device) -> None:
+        """Persistent mode: keepalives, and the idle timeout if the device has one."""
+        ssh = self.config.ssh
+        call.start_keepalive(ssh.keepalive_interval, ssh.keepalive_max_missed)
+        self.log.info(
+            "persistent session with {device} open (keepalive every {interval:g}s)",
+            device=device.name, interval=ssh.keepalive_interval,
+        )
+        idle = device.idle_timeout
+        if not idle:
+            return
+        pending: list[Any] = []
+
+        def check() -> None:
+            pending.clear()
+            quiet = self.clock.seconds() - session.last_message_at
+            if quiet >= idle:
+                assert call.call is not None
+                call.call.outcome = "idle-timeout"
+                call.call.reason = f"no NETCONF message for {idle:g}s (idle_timeout)"
+                session.close()
+            else:
+                pending.append(self.clock.callLater(idle - quiet, check))
+
+        pending.append(self.clock.callLater(idle, check))
+        session.closed.addBoth(lambda _: [d.cancel() for d in pending if d.active()])
+
+    def _notification(self, device: Device, session: "NetconfSession", root: Any, raw: bytes) -> None:
+        """Save a notification and run the device's on_notification chain."""
+        self.results.save(device.name, "notification", raw)
+        self.notifications_received += 1
+        if device.on_notification is None:
+            return
+        context = self._context(device, session)
+        context.notification = root
+        run_chain(self.config.chains[device.on_notification], context, self.clock)
 
     def call_ended(self, call: "CallHomeTransport") -> None:
         """Log the call's one line, count its outcome, update the device's status."""

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from callhome import algorithms as algorithms_module
 from callhome import fingerprints
+from callhome.keepalive import Keepalive
 from callhome.netconf.session import NetconfSession
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,6 +131,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         self.session: NetconfSession | None = None
         self._handshake_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
+        self.keepalive: Keepalive | None = None
 
     def connectionMade(self) -> None:
         """Start the call: version, KEXINIT, and the handshake deadline."""
@@ -235,6 +237,24 @@ class CallHomeTransport(transport.SSHClientTransport):
         if self._idle_timer is not None:
             self._idle_timer.reset(self.idle_timeout)
         super().dataReceived(data)
+
+    def start_keepalive(self, interval: float, max_missed: int) -> None:
+        """Persistent mode: send keepalives; drop the call when they go unanswered."""
+        if not isinstance(self.service, CallHomeConnection):
+            return
+
+        def dead(reason: str) -> None:
+            assert self.call is not None
+            self.call.outcome = "keepalive-timeout"
+            self.fail(reason)
+
+        self.keepalive = Keepalive(self.service, self.handler.clock, interval, max_missed, dead)
+        self.keepalive.start()
+
+    def stop_keepalive(self) -> None:
+        """Stop sending keepalives."""
+        if self.keepalive is not None:
+            self.keepalive.stop()
 
     def _idle_timed_out(self) -> None:
         self._idle_timer = None
@@ -436,6 +456,15 @@ class CallHomeConnection(connection.SSHConnection):
     def __init__(self, call_transport: CallHomeTransport) -> None:
         super().__init__()
         self.call_transport = call_transport
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
+        """Answer the device's keepalives (keepalive@openssh.com and kin) with success."""
+        return 1 if requestType.startswith(b"keepalive@") else 0
+
+    def serviceStopped(self) -> None:
+        """The call ended: no more keepalives."""
+        self.call_transport.stop_keepalive()
+        super().serviceStopped()
 
     def serviceStarted(self) -> None:
         """Authenticated: open the session channel for NETCONF."""

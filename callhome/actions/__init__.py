@@ -62,6 +62,9 @@ class ActionContext:
     @ivar log: a logger whose events carry the device name.
     @ivar clock: the reactor's clock, for actions that wait.
     @ivar stop: set by a step to end the chain after it (e.g. ``close``).
+    @ivar notifications: where a ``subscribe`` step sends the device's
+        notifications (the manager saves them and runs ``on_notification``).
+    @ivar notification: in an ``on_notification`` chain, the notification.
     """
 
     device: "Device"
@@ -71,6 +74,8 @@ class ActionContext:
     outcomes: list[Any] = field(default_factory=list)
     log: Logger = field(default_factory=Logger)
     stop: bool = False
+    notifications: Callable[[Any, bytes], None] | None = None
+    notification: Any = None
 
 
 ActionResult = Union[Any, Deferred, Awaitable[Any]]

@@ -347,6 +347,31 @@ class GetSchema:
         return saved
 
 
+class Subscribe(_RPCAction):
+    """
+    ``subscribe: {stream, subtree | xpath, namespaces, start_time, stop_time}``:
+    RFC 5277 create-subscription.  Notifications are then saved as
+    ``<stamp>-notification.xml`` and run the device's ``on_notification``
+    chain; in persistent mode they keep flowing after the chain.
+    """
+
+    name = "subscribe"
+    needs = ("notification",)
+
+    def __init__(self, stream: str | None = None, subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None, start_time: str | None = None, stop_time: str | None = None) -> None:
+        for key, value in (("stream", stream), ("start_time", start_time), ("stop_time", stop_time)):
+            if value is not None and not isinstance(value, str):
+                raise ActionConfigError("must be text (times as RFC 3339, e.g. 2026-01-01T00:00:00Z)", key=key)
+        if stop_time is not None and start_time is None:
+            raise ActionConfigError("stop_time needs start_time (a replay)", key="stop_time")
+        super().__init__(ops.create_subscription(stream, _filter(subtree, xpath, namespaces), start_time, stop_time))
+
+    def __call__(self, context: ActionContext) -> defer.Deferred[Any]:
+        """Hook notifications up before subscribing, so none is missed."""
+        context.session.on_notification = context.notifications
+        return super().__call__(context)
+
+
 class Save:
     """
     ``save: {path, content}``: write the latest fetched reply somewhere of
@@ -439,6 +464,7 @@ ACTIONS: dict[str, Any] = {
     "copy-config": CopyConfig,
     "delete-config": DeleteConfig,
     "get-schema": GetSchema,
+    "subscribe": Subscribe,
     "rpc": RPC,
     "save": Save,
     "log": Log,

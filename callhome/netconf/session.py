@@ -113,6 +113,8 @@ class NetconfSession(Protocol):
         self.hello_received: defer.Deferred[xml.Hello] = defer.Deferred()
         self.closed: defer.Deferred[str] = defer.Deferred()
         self.bytes_received = 0
+        #: when the last complete message arrived (persistent idle timeout).
+        self.last_message_at = clock.seconds()
         self._framer: EndOfMessageFramer | ChunkedFramer = EndOfMessageFramer(max_message_size)
         self._chunked = False
         self._next_message_id = 1
@@ -158,6 +160,8 @@ class NetconfSession(Protocol):
 
     def _dispatch(self, messages: list[bytes]) -> None:
         """Handle complete messages in order, the hello first."""
+        if messages:
+            self.last_message_at = self.clock.seconds()
         for message in messages:
             if self.close_reason is not None:
                 return

@@ -1,0 +1,68 @@
+"""
+SSH keepalives for persistent sessions.
+
+Every ``interval`` seconds we send ``keepalive@openssh.com`` with want-reply
+(the way OpenSSH's ``ServerAliveInterval`` does).  Any answer, success or
+failure, proves the device alive.  After ``max_missed`` unanswered requests
+the call is ended with a reason, so a device that vanished behind a NAT
+does not hold a session for ever.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.conch.ssh import connection
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
+
+KEEPALIVE_REQUEST = b"keepalive@openssh.com"
+
+
+class Keepalive:
+    """
+    Sends keepalives on one SSH connection and counts the unanswered ones.
+
+    @ivar missed: keepalives sent and not answered.
+    @ivar sent: keepalives sent in all.
+    """
+
+    def __init__(
+        self,
+        conn: connection.SSHConnection,
+        clock: IReactorTime,
+        interval: float,
+        max_missed: int,
+        on_dead: Callable[[str], None],
+    ) -> None:
+        self.conn = conn
+        self.interval = interval
+        self.max_missed = max_missed
+        self.on_dead = on_dead
+        self.missed = 0
+        self.sent = 0
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        """Start sending, first one after C{interval}."""
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        """Stop sending (the call ended)."""
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        if self.missed >= self.max_missed:
+            self.stop()
+            self.on_dead(f"no answer to {self.missed} keepalives in {self.missed * self.interval:g}s")
+            return
+        self.missed += 1
+        self.sent += 1
+        d = self.conn.sendGlobalRequest(KEEPALIVE_REQUEST, b"", wantReply=True)
+        # Success or failure: either way the device answered.
+        d.addBoth(self._answered)
+
+    def _answered(self, _: object) -> None:
+        self.missed = 0

@@ -1,0 +1,102 @@
+"""
+Persistent sessions (RFC 8071 §4): keepalives on schedule, a device that
+stops answering is dropped, the device's own keepalives are answered, the
+idle timeout.  In memory, time driven by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+
+MSG_GLOBAL_REQUEST = 80
+
+
+class PersistentTests(SynchronousTestCase):
+    """What happens after the chain when a device stays connected."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.manager_key = new_key()
+        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
+        self.device_key = new_key()
+
+    def start(self, extra: str = "", mode_extra: str = "") -> InMemoryCall:
+        config = make_config(
+            self.tmp, {"edge-1": self.device_key}, f"private_key: {self.key_path}\n  mode: persistent{mode_extra}",
+            extra="ssh: {keepalive_interval: 10, keepalive_max_missed: 3}\n" + extra,
+        )
+        self.manager = memory_manager(config)
+        call = InMemoryCall(self.manager, device_factory(self.device_key, [self.manager_key]))
+        call.run()
+        return call
+
+    def advance(self, call: InMemoryCall, seconds: int) -> None:
+        for _ in range(seconds):
+            self.manager.clock.advance(1)
+            call.run()
+
+    def test_session_stays_open_after_the_chain(self):
+        """Persistent: the chain ran, its result is saved, the session is kept."""
+        call = self.start()
+        record = call.call.call
+        self.assertEqual(record.state, "running")
+        self.assertEqual(record.outcome, "ok")
+        self.assertFalse(call.pump.clientIO.disconnected)
+        self.assertEqual(len(list((self.tmp / "results" / "edge-1").glob("*-get.xml"))), 1)
+        self.assertEqual(self.manager.registry.status["edge-1"].status, "connected")
+
+    def test_keepalives_on_schedule(self):
+        """One keepalive per interval; answered ones keep the session."""
+        call = self.start()
+        self.assertEqual(call.device.seen.count(MSG_GLOBAL_REQUEST), 0)
+        self.advance(call, 10)
+        self.assertEqual(call.device.seen.count(MSG_GLOBAL_REQUEST), 1)
+        self.advance(call, 50)
+        self.assertEqual(call.device.seen.count(MSG_GLOBAL_REQUEST), 6)
+        self.assertEqual(call.call.keepalive.missed, 0)
+        self.assertFalse(call.pump.clientIO.disconnected)
+
+    def test_silent_device_dropped_after_allowed_misses(self):
+        """A device that stops answering keepalives is dropped after max_missed."""
+        call = self.start()
+        call.device.service.ssh_GLOBAL_REQUEST = lambda packet: None
+        self.advance(call, 35)
+        self.assertFalse(call.pump.clientIO.disconnected, "3 missed is still allowed")
+        self.advance(call, 10)
+        record = call.call.call
+        self.assertEqual(record.outcome, "keepalive-timeout")
+        self.assertIn("no answer to 3 keepalives", record.reason)
+        self.assertTrue(call.pump.clientIO.disconnected)
+        self.assertEqual(self.manager.registry.status["edge-1"].status, "disconnected")
+
+    def test_device_keepalive_is_answered(self):
+        """The device's keepalive@openssh.com gets a success reply."""
+        call = self.start()
+        answers = []
+        d = call.device.service.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=True)
+        d.addCallbacks(lambda r: answers.append("success"), lambda f: answers.append("failure"))
+        call.run()
+        self.assertEqual(answers, ["success"])
+
+    def test_idle_timeout(self):
+        """With idle_timeout, a persistent session with no NETCONF traffic is closed."""
+        call = self.start(mode_extra="\n  idle_timeout: 30")
+        self.advance(call, 25)
+        self.assertFalse(call.pump.clientIO.disconnected)
+        self.advance(call, 10)
+        record = call.call.call
+        self.assertEqual(record.outcome, "idle-timeout")
+        self.assertTrue(call.pump.clientIO.disconnected)
+
+    def test_periodic_is_the_default(self):
+        """Without mode: persistent the session closes after the chain."""
+        config = make_config(self.tmp, {"edge-1": self.device_key}, f"private_key: {self.key_path}")
+        manager = memory_manager(config)
+        call = InMemoryCall(manager, device_factory(self.device_key, [self.manager_key]))
+        call.run()
+        self.assertTrue(call.pump.clientIO.disconnected)
+        self.assertIsNone(call.call.keepalive)
