@@ -4,6 +4,7 @@
     callhome [-c etc/config.yaml] devices [--json]
     callhome [-c etc/config.yaml] pending [--json]
     callhome [-c etc/config.yaml] approve FINGERPRINT NAME [--group GROUP]
+    callhome listen --host-key FP | --accept-any-host-key  --get | --get-config | --rpc FILE ...
 
 ``devices`` and ``pending`` read the state the running service writes in
 ``state_dir``; ``approve`` enrolls a quarantined device, and the running
@@ -126,7 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_argument("fingerprint")
     sub.add_argument("name")
     sub.add_argument("--group", help="the group whose credentials and chain it takes (default: defaults)")
+    from callhome import listen
+
+    sub = commands.add_parser("listen", help="wait for one call home, run one operation, print the reply")
+    listen.add_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "listen":
+        return listen.run(args)
     try:
         config = config_module.load(args.config)
     except config_module.ConfigError as e:
