@@ -431,8 +431,8 @@ class NetconfdCallHomeTests(unittest.TestCase):
         same read as the client's ``<hello>`` until more input arrives.  A
         device that reads our bytes 20 ms late hits it every time when the
         chain sends its first RPC at once: the manager must survive it, with
-        the step failing on its RPC timeout, the session closed cleanly, and
-        the next call served.
+        the step failing on its RPC timeout and the session closed cleanly
+        (no call left active).
         """
         device = self.make_device(input_delay=0.02)
         service = self.start_manager(
