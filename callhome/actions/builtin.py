@@ -91,6 +91,16 @@ def _parse_fragment(text: str, key: str) -> list[etree._Element]:
     return elements
 
 
+def _source_or_config(source: Any, config: Any, config_file: Any) -> list[etree._Element] | None:
+    """A datastore name or an inline/file config (parsed), not both."""
+    text = _xml_text(config, config_file, "config", required=False)
+    if text is not None and source is not None:
+        raise ActionConfigError("give source or config, not both")
+    if source is not None:
+        _choice(source, DATASTORES, "source")
+    return _parse_fragment(text, "config") if text is not None else None
+
+
 def _filter(subtree: Any, xpath: Any, namespaces: Any) -> etree._Element | None:
     if subtree is not None and not isinstance(subtree, str):
         raise ActionConfigError("must be XML text", key="subtree")
@@ -258,12 +268,7 @@ class Validate(_RPCAction):
     name = "validate"
 
     def __init__(self, source: str | None = None, config: str | None = None, config_file: str | None = None) -> None:
-        text = _xml_text(config, config_file, "config", required=False)
-        if text is not None and source is not None:
-            raise ActionConfigError("give source or config, not both")
-        if source is not None:
-            _choice(source, DATASTORES, "source")
-        elements = _parse_fragment(text, "config") if text is not None else None
+        elements = _source_or_config(source, config, config_file)
         self.needs = ("validate",) + _datastore_needs(source or ("candidate" if elements is None else "running"))
         super().__init__(ops.validate(source or "candidate", elements))
 
@@ -275,12 +280,7 @@ class CopyConfig(_RPCAction):
 
     def __init__(self, target: str = "startup", source: str | None = None, config: str | None = None, config_file: str | None = None) -> None:
         _choice(target, DATASTORES, "target")
-        text = _xml_text(config, config_file, "config", required=False)
-        if text is not None and source is not None:
-            raise ActionConfigError("give source or config, not both")
-        if source is not None:
-            _choice(source, DATASTORES, "source")
-        elements = _parse_fragment(text, "config") if text is not None else None
+        elements = _source_or_config(source, config, config_file)
         self.needs = _datastore_needs(target) + _datastore_needs(source or "running")
         super().__init__(ops.copy_config(target, source or "running", elements))
 

@@ -113,16 +113,21 @@ def commit(confirmed: bool = False, confirm_timeout: int | None = None, persist:
     return op
 
 
+def _source(op: etree._Element, source: str, config: list[etree._Element] | None) -> None:
+    """A ``<source>``: an inline ``<config>`` if given, else the datastore."""
+    holder = etree.SubElement(op, qname("source"))
+    if config is None:
+        etree.SubElement(holder, qname(source))
+        return
+    inline = etree.SubElement(holder, qname("config"))
+    for child in config:
+        inline.append(_copy(child))
+
+
 def validate(source: str | None = None, config: list[etree._Element] | None = None) -> etree._Element:
     """``<validate>`` of a datastore or of an inline config."""
     op = _op("validate")
-    holder = etree.SubElement(op, qname("source"))
-    if config is not None:
-        inline = etree.SubElement(holder, qname("config"))
-        for child in config:
-            inline.append(_copy(child))
-    else:
-        etree.SubElement(holder, qname(source or "candidate"))
+    _source(op, source or "candidate", config)
     return op
 
 
@@ -130,13 +135,7 @@ def copy_config(target: str, source: str | None = None, config: list[etree._Elem
     """``<copy-config>`` from a datastore or an inline config."""
     op = _op("copy-config")
     _datastore(op, "target", target)
-    holder = etree.SubElement(op, qname("source"))
-    if config is not None:
-        inline = etree.SubElement(holder, qname("config"))
-        for child in config:
-            inline.append(_copy(child))
-    else:
-        etree.SubElement(holder, qname(source or "running"))
+    _source(op, source or "running", config)
     return op
 
 

@@ -122,23 +122,10 @@ def rpc(message_id: str, operation: etree._Element | bytes | str) -> bytes:
 
 
 def _filter(subtree: str | None, xpath: str | None, namespaces: Mapping[str, str] | None) -> etree._Element | None:
-    """Build a ``<filter>`` element from a subtree (XML text) or an XPath."""
-    if subtree is not None and xpath is not None:
-        raise ValueError("give a subtree filter or an XPath filter, not both")
-    if subtree is not None:
-        element = etree.Element(qname("filter"), type="subtree")
-        # The wrapper gives the fragment a root so several top-level elements parse.
-        wrapper = etree.fromstring(
-            "<wrapper>" + subtree + "</wrapper>", _PARSER
-        )
-        for child in wrapper:
-            element.append(child)
-        return element
-    if xpath is not None:
-        element = etree.Element(qname("filter"), type="xpath", nsmap=dict(namespaces or {}))
-        element.set("select", xpath)
-        return element
-    return None
+    """Build a ``<filter>`` element (see L{operations.filter_element})."""
+    from callhome.netconf.operations import filter_element
+
+    return filter_element(subtree, xpath, namespaces)
 
 
 def get(subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
