@@ -244,6 +244,13 @@ class HelloAndCompatibilityTests(ServerTestCase):
         self.assertFalse(client.transport.disconnecting)
         self.assertEqual(hostname(client), "sim-device")
 
+    def test_not_an_rpc_base_1_1(self):
+        """A well-formed message that is not an <rpc> is malformed-message too."""
+        client = self.client()
+        client.send(f'<hello xmlns="{NC}"/>'.encode())
+        self.assertEqual(error(client.reply()).tag, "malformed-message")
+        self.assertFalse(client.transport.disconnecting)
+
     def test_malformed_message_base_1_0(self):
         """malformed-message must not go to base:1.0 peers: the session closes as before."""
         client = self.client(base_1_1=False)
@@ -743,6 +750,17 @@ class NotificationTests(ServerTestCase):
         (end,) = watcher.take_notifications()
         self.assertEqual(event(end).findtext("ncn:termination-reason", namespaces=NS), "killed")
         self.assertEqual(event(end).findtext("ncn:killed-by", namespaces=NS), str(watcher.session_id))
+
+    def test_username_from_ssh_avatar(self):
+        """Where the SSH avatar records its user, events name that user instead of admin."""
+        watcher = self.client()
+        watcher.subscribe()
+        protocol = NetconfServerProtocol(self.datastore)
+        transport = StringTransport()
+        transport.session = type("Session", (), {"avatar": type("Avatar", (), {"username": b"operator"})()})()
+        protocol.makeConnection(transport)
+        (start,) = watcher.take_notifications()
+        self.assertEqual(event(start).findtext("ncn:username", namespaces=NS), "operator")
 
     def test_subscription_filter(self):
         """A subscription's subtree filter keeps only matching events."""

@@ -1033,6 +1033,15 @@ def _peer_host(transport: Any) -> str | None:
     return None
 
 
+def _avatar_username(transport: Any) -> str | None:
+    """The SSH user, if the conch avatar behind the channel records one."""
+    avatar = getattr(getattr(transport, "session", None), "avatar", None)
+    name = getattr(avatar, "username", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else None
+
+
 # --- the session ---------------------------------------------------------------------------
 
 #: operation -> (handler method, allowed parameters)
@@ -1120,6 +1129,7 @@ class NetconfServerProtocol(Protocol):
         """Send our hello at once, as RFC 6241 §8.1 asks."""
         self.login_time = self.datastore.clock.seconds()
         self.source_host = _peer_host(self.transport)
+        self.username = _avatar_username(self.transport) or self.username
         self.transport.write(EndOfMessageFramer.encode(xml.hello(self.capabilities, self.session_id)))
         self.datastore.session_started(self)
 
