@@ -99,10 +99,10 @@ class InMemoryCall:
                 break
 
 
-def device_factory(host_key: keys.Key, authorized: list[keys.Key] | None = None, password: str | None = None, **kwargs: Any) -> DeviceSSHFactory:
-    """A simulated device's SSH server factory."""
+def device_factory(host_key: keys.Key, authorized: list[keys.Key] | None = None, password: str | None = None, datastore: Datastore | None = None, **kwargs: Any) -> DeviceSSHFactory:
+    """A simulated device's SSH server factory (its own datastore unless given)."""
     factory = DeviceSSHFactory(
-        host_key, Datastore.from_file(), "admin",
+        host_key, datastore if datastore is not None else Datastore.from_file(), "admin",
         [k.public() for k in (authorized or [])], password, **kwargs,
     )
     # conch delays a failed password by 1 s on the global reactor, which an
