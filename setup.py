@@ -21,7 +21,8 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "asyncssh>=2.14"],
+        "bench": ["asyncssh>=2.14"],
     },
     entry_points={
         "console_scripts": [

@@ -1,0 +1,116 @@
+"""
+The baseline: a minimal call-home manager on asyncssh's ``listen_reverse``.
+
+    python bench/asyncssh_baseline.py PORT CLIENT_KEY HOST_KEYS_DIR RESULTS_DIR
+
+It does the same session as callhome's periodic chain: accept, SSH with the
+device's host key checked against the known ones and public-key auth,
+NETCONF hellos (base:1.1), one ``<get>``, the reply saved to a file
+(temporary file and rename), ``<close-session>``, disconnect.  Nothing
+more: no registry, no status, no logging, so it is the cheapest manager one
+can write on asyncssh.  Same control lines as ``bench/ours.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncssh
+
+BASE_1_1 = "urn:ietf:params:netconf:base:1.1"
+HELLO = (
+    '<?xml version="1.0" encoding="UTF-8"?><hello xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+    "<capabilities><capability>urn:ietf:params:netconf:base:1.0</capability>"
+    f"<capability>{BASE_1_1}</capability></capabilities></hello>]]>]]>"
+).encode()
+GET = b'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="1"><get/></rpc>'
+CLOSE = b'<rpc xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="2"><close-session/></rpc>'
+
+
+def chunk(message: bytes) -> bytes:
+    return b"\n#%d\n%s\n##\n" % (len(message), message)
+
+
+async def read_hello(reader: asyncssh.SSHReader) -> bytes:
+    return await reader.readuntil(b"]]>]]>")
+
+
+async def read_chunked(reader: asyncssh.SSHReader) -> bytes:
+    parts = []
+    while True:
+        header = await reader.readuntil(b"\n")
+        if header == b"\n":
+            header = await reader.readuntil(b"\n")
+        if header.startswith(b"##"):
+            return b"".join(parts)
+        size = int(header[1:-1])
+        parts.append(await reader.readexactly(size))
+
+
+class Baseline:
+    def __init__(self, results: Path, known: list[asyncssh.SSHKey], client_key: asyncssh.SSHKey) -> None:
+        self.results = results
+        self.known = known
+        self.client_key = client_key
+        self.latencies: list[float] = []
+
+    async def session(self, conn: asyncssh.SSHClientConnection, accepted: float) -> None:
+        writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+        writer.write(HELLO)
+        await read_hello(reader)
+        writer.write(chunk(GET))
+        reply = await read_chunked(reader)
+        folder = self.results / "device"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(reply)
+        os.replace(tmp, folder / f"{time.time():.6f}-get.xml")
+        self.latencies.append(time.monotonic() - accepted)
+        writer.write(chunk(CLOSE))
+        await read_chunked(reader)
+        conn.close()
+
+
+async def main() -> None:
+    port, key_path, host_keys_dir, results = sys.argv[1:5]
+    client_key = asyncssh.read_private_key(key_path)
+    known = [asyncssh.read_public_key(str(p)) for p in sorted(Path(host_keys_dir).glob("*.pub"))]
+    baseline = Baseline(Path(results), known, client_key)
+
+    def acceptor(conn: asyncssh.SSHClientConnection) -> None:
+        accepted = time.monotonic()
+        task = asyncio.ensure_future(baseline.session(conn, accepted))
+        task.add_done_callback(lambda t: t.exception())
+
+    await asyncssh.listen_reverse(
+        host="127.0.0.1", port=int(port), username="admin", client_keys=[client_key],
+        known_hosts=(known, [], []), acceptor=acceptor, backlog=1024,
+        encryption_algs=["aes128-ctr"], mac_algs=["hmac-sha2-256"], compression_algs=None,
+        kex_algs=["curve25519-sha256"],
+    )
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if line == "cpu":
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            print(json.dumps({"cpu": r.ru_utime + r.ru_stime, "maxrss_kib": r.ru_maxrss}), flush=True)
+        elif line == "latency":
+            print(json.dumps({"latencies": baseline.latencies[:]}), flush=True)
+            baseline.latencies.clear()
+        elif line in ("quit", ""):
+            return
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

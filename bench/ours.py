@@ -1,0 +1,86 @@
+"""
+The callhome manager as a benchmark subject, in its own process.
+
+    python bench/ours.py CONFIG
+
+Runs the real service (registry, chain, saving, status) on the config and
+answers one-line commands on stdin, each with one JSON line on stdout:
+
+    cpu      {"cpu": seconds of user+system CPU (getrusage, this process), "maxrss_kib": ...}
+    latency  {"latencies": [seconds from TCP accept to the reply saved, ...]}  (and clears them)
+    quit
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet import reactor, stdio  # noqa: E402
+from twisted.protocols.basic import LineReceiver  # noqa: E402
+
+from callhome import config as config_module  # noqa: E402
+from callhome.service import CallHomeService  # noqa: E402
+
+
+def usage() -> dict[str, float]:
+    """This process's CPU seconds and peak RSS."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": r.ru_utime + r.ru_stime, "maxrss_kib": r.ru_maxrss}
+
+
+class Control(LineReceiver):
+    """The benchmark's control line."""
+
+    delimiter = b"\n"
+
+    def __init__(self, latencies: list[float]) -> None:
+        self.latencies = latencies
+
+    def lineReceived(self, line: bytes) -> None:
+        command = line.strip().decode()
+        if command == "cpu":
+            self.sendLine(json.dumps(usage()).encode())
+        elif command == "latency":
+            self.sendLine(json.dumps({"latencies": self.latencies[:]}).encode())
+            self.latencies.clear()
+        elif command == "quit":
+            reactor.stop()
+
+
+def main() -> None:
+    config = config_module.load(sys.argv[1])
+    service = CallHomeService(config, reactor)
+    manager = service.manager
+    latencies: list[float] = []
+    # Accept-to-saved latency: the save of a call's reply, minus its accept.
+    save = manager.results.save
+    started_by_device: dict[str, float] = {}
+    identify = manager.identify
+
+    def identify_and_note(call, fingerprint, key_type):  # type: ignore[no-untyped-def]
+        device = identify(call, fingerprint, key_type)
+        if device is not None:
+            started_by_device[device.name] = call.call.started
+        return device
+
+    def save_and_note(device: str, action: str, payload: bytes) -> Path:
+        path = save(device, action, payload)
+        if device in started_by_device:
+            latencies.append(reactor.seconds() - started_by_device.pop(device))
+        return path
+
+    manager.identify = identify_and_note  # type: ignore[method-assign]
+    manager.results.save = save_and_note  # type: ignore[method-assign]
+    service.startService()
+    stdio.StandardIO(Control(latencies))
+    print(json.dumps({"ready": True}), flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
