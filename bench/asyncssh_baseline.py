@@ -55,11 +55,12 @@ async def read_chunked(reader: asyncssh.SSHReader) -> bytes:
 
 
 class Baseline:
-    def __init__(self, results: Path, known: list[asyncssh.SSHKey], client_key: asyncssh.SSHKey) -> None:
+    def __init__(self, results: Path, names: dict[bytes, str], client_key: asyncssh.SSHKey) -> None:
         self.results = results
-        self.known = known
+        self.names = names
         self.client_key = client_key
         self.latencies: list[float] = []
+        self.folders: set[Path] = set()
 
     async def session(self, conn: asyncssh.SSHClientConnection, accepted: float) -> None:
         writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
@@ -67,8 +68,13 @@ class Baseline:
         await read_hello(reader)
         writer.write(chunk(GET))
         reply = await read_chunked(reader)
-        folder = self.results / "device"
-        folder.mkdir(parents=True, exist_ok=True)
+        # One folder per device, as callhome does: the device is the one
+        # whose host key the connection presented.
+        host_key = conn.get_server_host_key()
+        folder = self.results / self.names[host_key.public_data]
+        if folder not in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.folders.add(folder)
         fd, tmp = tempfile.mkstemp(dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(reply)
@@ -82,8 +88,10 @@ class Baseline:
 async def main() -> None:
     port, key_path, host_keys_dir, results = sys.argv[1:5]
     client_key = asyncssh.read_private_key(key_path)
-    known = [asyncssh.read_public_key(str(p)) for p in sorted(Path(host_keys_dir).glob("*.pub"))]
-    baseline = Baseline(Path(results), known, client_key)
+    files = sorted(Path(host_keys_dir).glob("*.pub"))
+    known = [asyncssh.read_public_key(str(p)) for p in files]
+    names = {key.public_data: path.stem for key, path in zip(known, files)}
+    baseline = Baseline(Path(results), names, client_key)
 
     def acceptor(conn: asyncssh.SSHClientConnection) -> None:
         accepted = time.monotonic()

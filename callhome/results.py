@@ -43,6 +43,9 @@ class ResultsWriter:
         self.directory = Path(directory)
         self.now = now
         self.saved = 0
+        # Device folders known to exist: a mkdir per result costs a syscall
+        # (~0.3 ms on some filesystems) for nothing.
+        self._folders: set[Path] = set()
 
     def stamp(self) -> str:
         """The UTC timestamp used in result names, e.g. 20261124T081734.587871Z."""
@@ -82,7 +85,9 @@ class ResultsWriter:
         @param action: the action name, used in the file name.
         """
         folder = self.directory / device
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
         stamp = self.stamp()
         fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
         try:
