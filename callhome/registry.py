@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +254,9 @@ class Registry:
         if not (self._dirty or force):
             return
         self._dirty = False
-        write_json(self.state_dir / STATUS_FILE, {n: asdict(s) for n, s in self.status.items()})
-        write_json(self.state_dir / QUARANTINE_FILE, {f: asdict(p) for f, p in self.pending.items()})
+        # vars() rather than asdict(): flat records, and asdict deep-copies.
+        write_json(self.state_dir / STATUS_FILE, {n: vars(s) for n, s in self.status.items()})
+        write_json(self.state_dir / QUARANTINE_FILE, {f: vars(p) for f, p in self.pending.items()})
 
     def tick(self) -> None:
         """Periodic work: pick up approvals, write what changed."""
