@@ -17,7 +17,6 @@ from callhome import fingerprints
 from callhome.manager import Manager
 from callhome.simulator.netconf_server import Datastore
 from callhome.simulator.ssh_server import DeviceSSHFactory
-from callhome.ssh import CallHomeTransport
 
 
 def new_key() -> keys.Key:
@@ -97,6 +96,17 @@ class InMemoryCall:
         for _ in range(rounds):
             if not self.pump.flush():
                 break
+
+
+def make_keys(test: Any) -> None:
+    """
+    Give a test its scratch directory (C{tmp}), the manager's key on disk
+    (C{manager_key}, C{key_path}) and a device host key (C{device_key}).
+    """
+    test.tmp = Path(test.mktemp())
+    test.manager_key = new_key()
+    test.key_path = write_key(test.tmp / "keys", "manager", test.manager_key)
+    test.device_key = new_key()
 
 
 def device_factory(host_key: keys.Key, authorized: list[keys.Key] | None = None, password: str | None = None, datastore: Datastore | None = None, **kwargs: Any) -> DeviceSSHFactory:

@@ -12,7 +12,7 @@ from lxml import etree
 from twisted.trial.unittest import SynchronousTestCase
 
 from callhome.simulator.netconf_server import Datastore
-from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager
 
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 SYS = "urn:ietf:params:xml:ns:yang:ietf-system"
@@ -24,10 +24,7 @@ class ActionTests(SynchronousTestCase):
     """One chain per test; results, datastore state and step outcomes checked."""
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.manager_key = new_key()
-        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
-        self.device_key = new_key()
+        make_keys(self)
 
     def run_chain(self, chain: str, extra: str = "", credentials_extra: str = "", advance: int = 0):
         config = make_config(

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from callhome.netconf.framing import ChunkedFramer
 from callhome.simulator.netconf_server import NetconfServerProtocol
-from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
 
 
 class AnswersOnceThen(NetconfServerProtocol):
@@ -91,10 +91,7 @@ class HostileDeviceTests(SynchronousTestCase):
     """A misbehaving device loses its session, not our data or our service."""
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.manager_key = new_key()
-        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
-        self.device_key = new_key()
+        make_keys(self)
         self.good_key = new_key()
         self.config = make_config(
             self.tmp, {"edge-1": self.device_key, "good": self.good_key}, f"private_key: {self.key_path}",

@@ -145,7 +145,6 @@ class AdmissionLoopbackTests(ServiceTestCase):
         per-source allowance are closed at once, and a device calling from
         127.0.0.2 at the same time is served.
         """
-        from twisted.internet import defer
         from twisted.internet.protocol import ClientFactory
 
         tmp = Path(self.mktemp())

@@ -6,11 +6,10 @@ idle timeout.  In memory, time driven by hand.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager
 
 MSG_GLOBAL_REQUEST = 80
 
@@ -19,10 +18,7 @@ class PersistentTests(SynchronousTestCase):
     """What happens after the chain when a device stays connected."""
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.manager_key = new_key()
-        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
-        self.device_key = new_key()
+        make_keys(self)
 
     def start(self, extra: str = "", mode_extra: str = "") -> InMemoryCall:
         config = make_config(

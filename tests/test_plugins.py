@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from callhome import config as config_module
-from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager, new_key
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "plugins"
@@ -20,10 +20,7 @@ class PluginTests(SynchronousTestCase):
     """Plugins in real calls against the simulator (in memory)."""
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.manager_key = new_key()
-        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
-        self.device_key = new_key()
+        make_keys(self)
         self.good_key = new_key()
 
     def run_chain(self, chain: str, extra: str = "", advance: float = 0):

@@ -14,7 +14,7 @@ from callhome.admission import Admission
 from callhome.config import AdmissionSettings
 from callhome.registry import Registry
 from callhome.simulator.ssh_server import DeviceTransport
-from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
 from tests.test_hostile import Stalls
 
 MSG_SERVICE_REQUEST = 5
@@ -25,10 +25,7 @@ class PolicyTests(SynchronousTestCase):
     """What the manager does with a device it knows, or does not."""
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.manager_key = new_key()
-        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
-        self.device_key = new_key()
+        make_keys(self)
 
     def config(self, extra: str = "", devices=None, chain: str = "[{get: {}}]"):
         return make_config(self.tmp, devices or {"edge-1": self.device_key}, f"private_key: {self.key_path}", chain=chain, extra=extra)

@@ -6,14 +6,13 @@ the simulator's conch server, wired with iosim, time driven by hand.
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 from twisted.conch.ssh import common, userauth
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from callhome.ssh import CallHomeTransport, CallHomeUserAuth
-from tests.helpers import InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager, new_key
 
 MSG_SERVICE_REQUEST = 5
 MSG_USERAUTH_REQUEST = 50
@@ -23,10 +22,7 @@ class CallHomeSSHTests(SynchronousTestCase):
     """Identity before credentials, and each way of logging in."""
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.manager_key = new_key()
-        self.key_path = write_key(self.tmp / "keys", "manager", self.manager_key)
-        self.device_key = new_key()
+        make_keys(self)
 
     def call(self, config, factory) -> InMemoryCall:
         manager = memory_manager(config)
