@@ -269,7 +269,7 @@ chains: {{a: [get: {{}}]}}
     def test_unknown_legacy_algorithm(self):
         """Only known legacy names can be enabled."""
         with self.assertRaises(config.ConfigError) as caught:
-            config.loads(f"listen: [tcp:1]\ndefaults: {{legacy_algorithms: [rot13]}}\n")
+            config.loads("listen: [tcp:1]\ndefaults: {legacy_algorithms: [rot13]}\n")
         self.assertEqual(caught.exception.path, "defaults.legacy_algorithms[0]")
 
     def test_secret_warnings(self):
@@ -284,6 +284,6 @@ chains: {{a: [get: {{}}]}}
         self.assertIn("readable by other users", text)
         self.assertIn("devices[0].password_file", text)
         self.assertIn("legacy algorithms enabled: ssh-rsa", text)
-        loaded = config.loads(f"listen: [tcp:1]\ndefaults: {{username: a, password: hunter2, chain: c}}\nchains: {{c: [get: {{}}]}}\n")
+        loaded = config.loads("listen: [tcp:1]\ndefaults: {username: a, password: hunter2, chain: c}\nchains: {c: [get: {}]}\n")
         self.assertIn("defaults.password: secret written in the config file", loaded.warnings[0])
         self.assertNotIn("hunter2", "\n".join(loaded.warnings))
