@@ -87,22 +87,28 @@ class Subject:
             self.process.kill()
 
 
-def load(port: int, work: Path, sessions: int, concurrency: int) -> tuple[float, int]:
-    """Run the simulated devices against a manager; return wall seconds and sessions served."""
+def load(port: int, work: Path, sessions: int, concurrency: int, *extra: str) -> tuple[float, int, int]:
+    """
+    Run the simulated devices against a manager; return wall seconds,
+    sessions served and retries (calls refused by admission and retried).
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # With --devices 1 the simulator uses --host-key itself, not device-0000.
+    host_key = work / "devices" / ("device-0000_ed25519" if sessions == 1 else "base")
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{port}",
-         "--host-key", str(work / "devices" / "base"), "--devices", str(sessions), "--count", str(sessions),
-         "--concurrency", str(concurrency), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet"],
+         "--host-key", str(host_key), "--devices", str(sessions), "--count", str(sessions),
+         "--concurrency", str(concurrency), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet", *extra],
         capture_output=True, text=True, env=env, timeout=600,
     )
     wall = time.perf_counter() - started
-    served = 0
+    served = retried = 0
     for line in result.stdout.splitlines():
         if "calls served" in line:
-            served = int(line.split(":")[1].split()[0])
-    return wall, served
+            words = line.split(":")[1].replace(",", " ").split()
+            served, retried = int(words[0]), int(words[5])
+    return wall, served, retried
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -112,7 +118,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def prepare(work: Path, sessions: int) -> None:
+def prepare(work: Path, sessions: int, admission: str | None = None) -> None:
     """Keys, device host keys and the callhome config."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from twisted.conch.ssh import keys
@@ -128,13 +134,83 @@ def prepare(work: Path, sessions: int) -> None:
     (work / "config.yaml").write_text(
         f"listen: [\"tcp:{{port}}:interface=127.0.0.1\"]\n"
         f"results_dir: {work}/results\nstate_dir: {work}/state\n"
+        f"netconf: {{max_message_size: {200 * 1024 * 1024}}}\n"
         f"defaults: {{username: admin, private_key: {work}/manager_ed25519, chain: bench}}\n"
         # Every simulated device calls from 127.0.0.1 at once: lift the
         # per-source limit so the run measures sessions, not admission.
-        f"admission: {{max_pending: {2 * sessions + 100}, max_pending_per_source: {2 * sessions + 100}}}\n"
+        + (admission or f"admission: {{max_pending: {2 * sessions + 100}, max_pending_per_source: {2 * sessions + 100}}}") + "\n"
         "devices:\n" + "\n".join(lines) + "\n"
         "chains: {bench: [{get: {}}]}\n"
     )
+
+
+def storm(devices: int) -> bool:
+    """
+    A reconnect storm: every device connects at once (as after a manager
+    restart), through admission control with its default global limit; the
+    devices retry a refused call after a random wait of up to 1 s, as real
+    devices do.  Prints how many were served, refused-and-retried, and the
+    time until all were served.
+    """
+    work = Path(tempfile.mkdtemp(prefix="callhome-storm-"))
+    # All simulated devices share 127.0.0.1, so the per-source limit is
+    # raised to the global one: the global limit is what is exercised.
+    prepare(work, devices, admission="admission: {max_pending: 200, max_pending_per_source: 200}")
+    port = free_port()
+    config = work / "config.yaml"
+    config.write_text(config.read_text().replace("{port}", str(port)))
+    subject = Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)
+    try:
+        wall, served, retried = load(port, work, devices, devices, "--retries", "1000", "--retry-delay", "1.0")
+    finally:
+        subject.stop()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"storm: {devices} devices at once: {served} served ({100 * served / devices:.1f} %), "
+          f"{retried} calls refused by admission and retried, all served after {wall:.1f} s")
+    return served == devices
+
+
+def large_reply(megabytes: int) -> bool:
+    """One <get> of about C{megabytes} MB in chunked framing: MB/s and the manager's peak RSS."""
+    work = Path(tempfile.mkdtemp(prefix="callhome-large-"))
+    try:
+        prepare(work, 1)
+        entry = "<interface><name>eth{0}</name><description>{1}</description><mtu>1500</mtu></interface>"
+        filler = "x" * 120
+        count = megabytes * 1024 * 1024 // len(entry.format(0, filler))
+        with open(work / "big.xml", "w") as f:
+            f.write('<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><interfaces xmlns="urn:ietf:params:xml:ns:yang:ietf-interfaces">')
+            for i in range(count):
+                f.write(entry.format(i, filler))
+            f.write("</interfaces></data>")
+        port = free_port()
+        config = work / "config.yaml"
+        config.write_text(config.read_text().replace("{port}", str(port)))
+        subject = Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)
+        try:
+            start = subject.ask("cpu")
+            before = start["maxrss_kib"]
+            wall, served, _ = load(port, work, 1, 1, "--datastore", str(work / "big.xml"), "--timeout", "300")
+            end = subject.ask("cpu")
+            peak = end["maxrss_kib"]
+            cpu = end["cpu"] - start["cpu"]
+            latency = subject.ask("latency")["latencies"]
+        finally:
+            subject.stop()
+        reply = next((work / "results").rglob("*-get.xml"), None)
+        size = reply.stat().st_size if reply else 0
+        seconds = latency[0] if latency else wall
+        print(f"large reply: {size / 1e6:.1f} MB <get> in chunked framing, {served} served: "
+              f"{size / 1e6 / seconds:.1f} MB/s end to end (accept to saved, {seconds:.2f} s, the device's "
+              f"own work included), {size / 1e6 / max(cpu, 1e-9):.1f} MB per manager CPU second; manager RSS "
+              f"{before / 1024:.0f} MiB before, peak {peak / 1024:.0f} MiB: grew {(peak - before) * 1024 / max(size, 1):.1f}x the reply")
+        return served == 1
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20 sessions, 1 round (CI smoke)")
     parser.add_argument("--no-baseline", action="store_true", help="skip asyncssh")
+    parser.add_argument("--storm", type=int, default=2000, help="devices in the reconnect storm (0: skip)")
+    parser.add_argument("--large-mb", type=int, default=50, help="size of the large <get> reply in MB (0: skip)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.concurrency, args.rounds = 20, 10, 1
+        args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb = 20, 10, 1, 50, 1
     work = Path(tempfile.mkdtemp(prefix="callhome-bench-"))
     prepare(work, args.sessions)
     subjects: list[Subject] = []
@@ -170,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(1, args.rounds + 1):
             for subject in subjects:
                 before = subject.ask("cpu")["cpu"]
-                wall, served = load(subject.port, work, args.sessions, args.concurrency)
+                wall, served, _ = load(subject.port, work, args.sessions, args.concurrency)
                 after = subject.ask("cpu")["cpu"]
                 latencies = subject.ask("latency")["latencies"]
                 f = figures[subject.name]
@@ -199,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'-':>9}{'-':>9}")
             print("(asyncssh latency starts after its SSH handshake, at listen_reverse's acceptor: not comparable)")
         failed = any(min(f["served"]) < args.sessions for f in figures.values())
+        if args.storm:
+            failed |= not storm(args.storm)
+        if args.large_mb:
+            failed |= not large_reply(args.large_mb)
         return 1 if failed else 0
     finally:
         for subject in subjects:

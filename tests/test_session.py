@@ -371,3 +371,45 @@ class CloseTests(SessionTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.lose(session)
         self.assertEqual(self.successResultOf(closed), "closed by manager")
+
+
+class LargeMessageTests(SessionTestCase):
+    """Replies over STREAM_THRESHOLD are checked without building a tree."""
+
+    def big_reply(self, message_id: str, extra: str = "") -> bytes:
+        body = "<data>" + "<x><y>value</y></x>" * (xml.STREAM_THRESHOLD // 18 + 10) + "</data>" + extra
+        return reply(message_id, body)
+
+    def test_large_reply_scanned_and_data_parsed_on_demand(self):
+        """A large reply arrives whole; its tree is built only when asked for."""
+        session = self.established()
+        replies = []
+        session.rpc(xml.get()).addCallback(replies.append)
+        raw = self.big_reply("1")
+        self.assertGreater(len(raw), xml.STREAM_THRESHOLD)
+        session.dataReceived(ChunkedFramer.encode(raw))
+        (got,) = replies
+        self.assertTrue(got.scanned)
+        self.assertEqual(got.raw, raw)
+        self.assertEqual(len(got.data), xml.STREAM_THRESHOLD // 18 + 10)
+
+    def test_large_reply_with_rpc_error_is_parsed(self):
+        """A large reply carrying an rpc-error still fails its RPC with the error."""
+        session = self.established()
+        failures = []
+        session.rpc(xml.get()).addErrback(failures.append)
+        error = "<rpc-error><error-type>application</error-type><error-tag>too-big</error-tag><error-severity>error</error-severity></rpc-error>"
+        session.dataReceived(ChunkedFramer.encode(self.big_reply("1", error)))
+        self.assertEqual(failures[0].value.tag, "too-big")
+
+    def test_large_malformed_or_hostile_reply_closes(self):
+        """The scan refuses what the full parser refuses."""
+        for bad, reason in (
+            (self.big_reply("1")[:-20], "not well-formed"),
+            (b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "file:///etc/passwd">' + self.big_reply("1"), "document type"),
+            (self.big_reply("1").replace(b"value", b"val\xffue", 1), "rejected message"),
+        ):
+            session = self.established()
+            session.rpc(xml.get()).addErrback(lambda f: None)
+            session.dataReceived(ChunkedFramer.encode(bad))
+            self.assertIn(reason, session.close_reason)

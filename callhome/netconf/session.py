@@ -16,6 +16,7 @@ waiting then fails with :class:`SessionClosed`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 from lxml import etree
@@ -52,24 +53,32 @@ class RPCReply:
     A successful ``<rpc-reply>``.
 
     @ivar raw: the reply exactly as the device sent it (what results store).
-    @ivar root: the parsed ``<rpc-reply>`` element.
+    @ivar root: the ``<rpc-reply>`` element; for a large reply only its tag
+        and attributes (see L{tree}).
     @ivar warnings: ``<rpc-error>`` entries of severity warning.
+    @ivar scanned: True when the reply was only checked, not parsed (large).
     """
 
     message_id: str
     raw: bytes
     root: etree._Element
     warnings: list[xml.RPCError] = field(default_factory=list)
+    scanned: bool = False
+
+    @cached_property
+    def tree(self) -> etree._Element:
+        """The whole parsed reply (parsed now, once, for a large reply)."""
+        return xml.parse_message(self.raw) if self.scanned else self.root
 
     @property
     def ok(self) -> bool:
         """Whether the reply is a bare ``<ok/>``."""
-        return self.root.find(xml.qname("ok")) is not None
+        return self.tree.find(xml.qname("ok")) is not None
 
     @property
     def data(self) -> etree._Element | None:
         """The ``<data>`` element of a get/get-config reply, if any."""
-        return self.root.find(xml.qname("data"))
+        return self.tree.find(xml.qname("data"))
 
 
 NotificationHandler = Callable[[etree._Element, bytes], None]
@@ -285,22 +294,28 @@ class NetconfSession(Protocol):
         self._hello_timer = None
         self.abort(f"no hello from the device within {self.hello_timeout:g}s")
 
-    def _parse(self, message: bytes) -> etree._Element | None:
-        """Parse a message; close the session and return None if rejected."""
+    def _parse(self, message: bytes, scan: bool = False) -> etree._Element | None:
+        """
+        Parse a message (or, with C{scan}, only check it and read its root);
+        close the session and return None if it is rejected.
+        """
         try:
-            return xml.parse_message(message)
+            return xml.scan_message(message) if scan else xml.parse_message(message)
         except xml.XMLRejected as e:
             self.abort(f"rejected message: {e}")
             return None
 
     def _handle(self, message: bytes) -> None:
         """Dispatch one message received after the hello."""
-        root = self._parse(message)
+        # A large message without an rpc-error needs no tree: check it and
+        # read its root only (speed and memory for 50 MB replies).
+        scan = len(message) > xml.STREAM_THRESHOLD and not xml.has_rpc_error(message)
+        root = self._parse(message, scan)
         if root is None:
             return
         tag = root.tag
         if tag == xml.qname("rpc-reply"):
-            self._handle_reply(root, message)
+            self._handle_reply(root, message, scan)
         elif tag == xml.qname("notification", xml.NOTIFICATION_NS):
             self._handle_notification(root, message)
         elif tag == xml.qname("hello"):
@@ -335,7 +350,7 @@ class NetconfSession(Protocol):
         )
         self.hello_received.callback(hello)
 
-    def _handle_reply(self, root: etree._Element, raw: bytes) -> None:
+    def _handle_reply(self, root: etree._Element, raw: bytes, scanned: bool = False) -> None:
         message_id = root.get("message-id")
         if message_id is None:
             self.abort("rpc-reply without a message-id")
@@ -358,7 +373,7 @@ class NetconfSession(Protocol):
             first.errors = errors
             deferred.errback(first)
         else:
-            deferred.callback(RPCReply(message_id, raw, root, errors))
+            deferred.callback(RPCReply(message_id, raw, root, errors, scanned))
 
     def _handle_notification(self, root: etree._Element, raw: bytes) -> None:
         if self.on_notification is None:
