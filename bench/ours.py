@@ -7,6 +7,7 @@ Runs the real service (registry, chain, saving, status) on the config and
 answers one-line commands on stdin, each with one JSON line on stdout:
 
     cpu      {"cpu": seconds of user+system CPU (getrusage, this process), "maxrss_kib": ...}
+    held     {"sessions": persistent sessions held (chain done, keepalives on), "rss_kib": resident memory now}
     latency  {"latencies": [seconds from TCP accept to the reply saved, ...]}  (and clears them)
     quit
 """
@@ -38,13 +39,22 @@ class Control(LineReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self, latencies: list[float]) -> None:
+    def __init__(self, latencies: list[float], manager: object) -> None:
         self.latencies = latencies
+        self.manager = manager
 
     def lineReceived(self, line: bytes) -> None:
         command = line.strip().decode()
         if command == "cpu":
             self.sendLine(json.dumps(usage()).encode())
+        elif command == "held":
+            with open("/proc/self/statm") as f:
+                resident_pages = int(f.read().split()[1])
+            self.sendLine(json.dumps({
+                # Held: the chain is done and keepalives are running.
+                "sessions": sum(1 for call in self.manager.sessions.values() if call.keepalive is not None),
+                "rss_kib": resident_pages * resource.getpagesize() // 1024,
+            }).encode())
         elif command == "latency":
             self.sendLine(json.dumps({"latencies": self.latencies[:]}).encode())
             self.latencies.clear()
@@ -77,7 +87,7 @@ def main() -> None:
     manager.identify = identify_and_note  # type: ignore[method-assign]
     manager.results.save = save_and_note  # type: ignore[method-assign]
     service.startService()
-    stdio.StandardIO(Control(latencies))
+    stdio.StandardIO(Control(latencies, manager))
     print(json.dumps({"ready": True}), flush=True)
     reactor.run()
 

@@ -213,6 +213,63 @@ def large_reply(megabytes: int) -> bool:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def held(count: int, window: float = 30.0) -> bool:
+    """
+    Persistent sessions: hold C{count} open with keepalives every 30 s;
+    print the manager's resident memory per held session and the CPU it
+    spends per second keeping them alive.
+    """
+    import resource as _resource
+
+    soft, hard = _resource.getrlimit(_resource.RLIMIT_NOFILE)
+    if soft < count + 1000 <= hard:
+        _resource.setrlimit(_resource.RLIMIT_NOFILE, (count + 1000, hard))
+    work = Path(tempfile.mkdtemp(prefix="callhome-held-"))
+    prepare(work, count)
+    port = free_port()
+    config = work / "config.yaml"
+    text = config.read_text().replace("{port}", str(port))
+    text = text.replace("chain: bench}", "chain: bench, mode: persistent}") + "ssh: {keepalive_interval: 30, keepalive_max_missed: 3}\n"
+    config.write_text(text)
+    subject = Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    devices = None
+    try:
+        before = subject.ask("held")["rss_kib"]
+        devices = subprocess.Popen(
+            [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{port}",
+             "--host-key", str(work / "devices" / "base"), "--devices", str(count), "--count", str(count),
+             "--concurrency", str(count), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet",
+             "--timeout", "3600", "--retries", "1000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )
+        started = time.perf_counter()
+        state = subject.ask("held")
+        while state["sessions"] < count and time.perf_counter() - started < 300:
+            time.sleep(1)
+            state = subject.ask("held")
+        opened = time.perf_counter() - started
+        time.sleep(2)
+        state = subject.ask("held")
+        cpu_before = subject.ask("cpu")["cpu"]
+        time.sleep(window)
+        cpu = subject.ask("cpu")["cpu"] - cpu_before
+        after = subject.ask("held")
+    finally:
+        if devices is not None:
+            devices.kill()
+            devices.wait()
+        subject.stop()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    held_now = after["sessions"]
+    print(f"held sessions: {held_now} of {count} open after {opened:.0f} s; manager RSS {before / 1024:.0f} MiB "
+          f"-> {state['rss_kib'] / 1024:.0f} MiB = {(state['rss_kib'] - before) / max(held_now, 1):.1f} KiB per session; "
+          f"keeping them (keepalive every 30 s) costs {100 * cpu / window:.2f} % of one core")
+    return held_now == count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
@@ -222,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip asyncssh")
     parser.add_argument("--storm", type=int, default=2000, help="devices in the reconnect storm (0: skip)")
     parser.add_argument("--large-mb", type=int, default=50, help="size of the large <get> reply in MB (0: skip)")
+    parser.add_argument("--held", type=int, default=10000, help="persistent sessions to hold open (0: skip)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb = 20, 10, 1, 50, 1
+        args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb, args.held = 20, 10, 1, 50, 1, 0
     work = Path(tempfile.mkdtemp(prefix="callhome-bench-"))
     prepare(work, args.sessions)
     subjects: list[Subject] = []
@@ -281,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= not storm(args.storm)
         if args.large_mb:
             failed |= not large_reply(args.large_mb)
+        if args.held:
+            failed |= not held(args.held)
         return 1 if failed else 0
     finally:
         for subject in subjects:

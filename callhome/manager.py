@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -180,7 +181,9 @@ class Manager:
         chain = run_chain(self.config.chains[device.chain], context, self.clock)
 
         def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str] | None:
-            record.steps = outcomes
+            # Keep what the record needs, not the replies: a held persistent
+            # session would otherwise keep every reply's tree alive.
+            record.steps = [replace(o, result=_summary(o.result)) for o in outcomes]
             failed = [o for o in outcomes if not o.ok]
             if failed and record.reason is None:
                 record.reason = f"step {failed[0].index} {failed[0].action}: {failed[0].error}"
@@ -272,6 +275,18 @@ class Manager:
             elif call.transport is not None:
                 call.transport.loseConnection()
         return defer.DeferredList(waits, consumeErrors=True)
+
+
+def _summary(result: Any) -> Any:
+    """A step result as the call record keeps it: a saved reply by its path."""
+    from callhome.actions.builtin import Saved
+    from callhome.netconf.session import RPCReply
+
+    if isinstance(result, Saved):
+        return result.path
+    if isinstance(result, RPCReply):
+        return f"reply {result.message_id}"
+    return result
 
 
 def _outcome_from_state(state: str, reason: str | None) -> str:

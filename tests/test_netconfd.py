@@ -317,7 +317,7 @@ class NetconfdCallHomeTests(unittest.TestCase):
         [get_config] = self.result_files("get-config")
         self.assert_reply_with_data(get, minimum_size=10_000)
         self.assert_reply_with_data(get_config)
-        self.assertEqual([s.result.path for s in steps], [get, get_config])
+        self.assertEqual([s.result for s in steps], [get, get_config])
         # The file names are UTC stamps: the get was saved first.
         self.assertLess(get.name, get_config.name)
         self.assertEqual(self.service.manager.counts["ok"], 1)

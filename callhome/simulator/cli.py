@@ -11,6 +11,7 @@ makes it N devices with N host keys (for load and integration tests).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import sys
@@ -177,9 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, keys.BadKeyError) as e:
             print(f"callhome-device: --authorized-key {path}: {e}", file=sys.stderr)
             return 2
-    datastore = Datastore.from_file(args.datastore)
+    # One datastore per simulated device, as with real devices: its sessions,
+    # locks and /netconf-state are its own.  The file is parsed once.
+    template = Datastore.from_file(args.datastore)
     factories = [
-        DeviceSSHFactory(key, datastore, args.username, [a.public() for a in authorized], args.password, not args.base_1_0_only)
+        DeviceSSHFactory(key, Datastore(copy.deepcopy(template.elements), modules=template.modules), args.username,
+                         [a.public() for a in authorized], args.password, not args.base_1_0_only)
         for key in host_keys
     ]
     for f in factories:
