@@ -85,14 +85,33 @@ class Manager:
 
     # --- CallHandler ----------------------------------------------------------------
 
-    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> Device | None:
+    def lookup(self, fingerprint: str) -> Device | None:
+        """The device whose host key has this fingerprint (no side effects)."""
+        return self.registry.identify(fingerprint)
+
+    def may_prove_unknown(self) -> bool:
+        """Quarantine and accept need an unknown key to prove itself first."""
+        return self.config.unknown_devices != "reject"
+
+    def refuse_unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> None:
+        """unknown_devices: reject: log the key; nothing else happens."""
+        record = call.call
+        assert record is not None
+        record.outcome = "unknown-host-key"
+        record.reason = "unknown host key"
+        self.log.warn(
+            "refused call from {peer}: unknown host key {fingerprint} ({key_type}); no credentials sent",
+            peer=record.peer, fingerprint=fingerprint, key_type=key_type,
+        )
+
+    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str, device: Device | None) -> Device | None:
         """
-        Find the device by its host key and apply the policies: unknown
-        devices (reject, quarantine, accept) and duplicate sessions.
+        The device proved its host key: apply the policies for unknown
+        devices (quarantine, accept) and duplicate sessions.  Called before
+        any credential is sent.
         """
         record = call.call
         assert record is not None
-        device = self.registry.identify(fingerprint)
         if device is None:
             device = self._unknown(call, fingerprint, key_type)
             if device is None:
@@ -121,10 +140,10 @@ class Manager:
         return device
 
     def _unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> Device | None:
+        """A proved but unknown key: quarantine it, or accept it (lab)."""
         record = call.call
         assert record is not None
-        policy = self.config.unknown_devices
-        if policy == "accept":
+        if self.config.unknown_devices == "accept":
             assert self.config.default_profile is not None
             name = "unknown-" + re.sub(r"[^A-Za-z0-9]", "", fingerprint[len("SHA256:"):])[:16]
             self.log.warn(
@@ -134,13 +153,10 @@ class Manager:
             )
             return Device.from_profile(name, frozenset([fingerprint]), self.config.default_profile)
         record.outcome = "unknown-host-key"
-        if policy == "quarantine":
-            self.registry.quarantine(fingerprint, key_type, record.peer)
-            record.reason = "unknown host key (quarantined)"
-        else:
-            record.reason = "unknown host key"
+        record.reason = "unknown host key (quarantined)"
+        self.registry.quarantine(fingerprint, key_type, record.peer)
         self.log.warn(
-            "refused call from {peer}: unknown host key {fingerprint} ({key_type}); no credentials sent",
+            "refused call from {peer}: unknown host key {fingerprint} ({key_type}) quarantined; no credentials sent",
             peer=record.peer, fingerprint=fingerprint, key_type=key_type,
         )
         return None

@@ -68,10 +68,20 @@ class CallHandler(Protocol):
 
     clock: IReactorTime
 
-    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> "Device | None":
+    def lookup(self, fingerprint: str) -> "Device | None":
+        """The device this host key belongs to, if any (no side effects)."""
+
+    def may_prove_unknown(self) -> bool:
+        """Whether an unknown key goes on to prove itself (quarantine, accept)."""
+
+    def refuse_unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> None:
+        """Record and log the refusal of an unknown key (reject policy)."""
+
+    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str, device: "Device | None") -> "Device | None":
         """
-        Return the device whose host key this is, or None to refuse the
-        call (the handler records why in C{call.call}).
+        The key is proved: apply the policies and return the device to log
+        in to, or None to refuse the call (the handler records why in
+        C{call.call}).
         """
 
     def authenticated(self, call: "CallHomeTransport") -> None:
@@ -139,6 +149,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         self._handshake_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
         self.keepalive: Keepalive | None = None
+        self._candidate: "Device | None" = None
 
     def connectionMade(self) -> None:
         """Start the call: version, KEXINIT, and the handshake deadline."""
@@ -193,30 +204,43 @@ class CallHomeTransport(transport.SSHClientTransport):
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         """
-        Identify the device by its host key (RFC 8071 C5).
+        Look the device up by its host key (RFC 8071 C5), without acting on it.
 
-        Unknown key: refuse, log the fingerprint, key type and source, and
-        send nothing more.  conch goes on to check the key's signature of the
-        exchange hash before L{connectionSecure}, so a device holding only a
-        copy of a public key never gets further than this.
+        Nothing is decided here but a plain refusal: the key is not proved
+        yet (conch checks its signature of the exchange hash afterwards), so
+        a copy of a public key must not replace a session, fill the
+        quarantine or touch the registry.  Those happen in
+        L{connectionSecure}.  An unknown key under ``unknown_devices:
+        reject`` is refused now; nothing more is sent.
         """
         assert self.call is not None
         fp = fingerprints.of_blob(hostKey)
-        key_type = common.getNS(hostKey)[0].decode("ascii", "replace")
-        self.call.fingerprint, self.call.key_type = fp, key_type
-        device = self.handler.identify(self, fp, key_type)
-        if device is None:
+        try:
+            raw_type = common.getNS(hostKey)[0]
+        except Exception:  # a malformed blob: struct.error, IndexError...
+            self.call.reason = "malformed host key"
             return defer.fail(UnknownHostKey(fp))
-        self.call.device = device
+        # Device-controlled text going to logs and state: short, printable.
+        key_type = "".join(c if c.isprintable() else "?" for c in raw_type[:64].decode("ascii", "replace"))
+        self.call.fingerprint, self.call.key_type = fp, key_type
+        self._candidate = self.handler.lookup(fp)
+        if self._candidate is None and not self.handler.may_prove_unknown():
+            self.handler.refuse_unknown(self, fp, key_type)
+            return defer.fail(UnknownHostKey(fp))
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
         """
-        The device proved its host key: check the algorithms it negotiated
-        are allowed for it, then, and only then, authenticate.
+        The device proved its host key: apply the policies (unknown devices,
+        duplicate sessions), check the algorithms it negotiated are allowed
+        for it, then, and only then, authenticate.
         """
-        assert self.call is not None and self.call.device is not None
-        device = self.call.device
+        assert self.call is not None and self.call.fingerprint is not None
+        device = self.handler.identify(self, self.call.fingerprint, self.call.key_type or "", self._candidate)
+        if device is None:
+            self.fail(self.call.reason or "refused")
+            return
+        self.call.device = device
         negotiated = [self.kexAlg, self.keyAlg]
         ciphers = self.currentEncryptions
         negotiated += [ciphers.outCipType, ciphers.inCipType, ciphers.outMACType, ciphers.inMACType]

@@ -251,3 +251,43 @@ class AdmissionTests(SynchronousTestCase):
             admission.failed_before_auth("a")
             clock.advance(6)
         self.assertIsNone(admission.admit("a"))
+
+
+class ImpersonationTests(SynchronousTestCase):
+    """A copied public key must not be able to act as the device."""
+
+    def setUp(self) -> None:
+        make_keys(self)
+
+    def test_forged_key_does_not_replace_the_real_session(self):
+        """
+        The real device holds a session; a call presenting its public key
+        without the private key fails the signature check, and the real
+        session, the session table and the registry are untouched.
+        """
+        config = make_config(self.tmp, {"edge-1": self.device_key}, f"private_key: {self.key_path}\n  mode: persistent")
+        manager = memory_manager(config)
+        real = InMemoryCall(manager, device_factory(self.device_key, [self.manager_key]))
+        real.run()
+        self.assertEqual(real.call.call.state, "running")
+        calls_before = manager.registry.status["edge-1"].calls
+        forged = device_factory(self.device_key, [self.manager_key])
+        forged.privateKeys = {b"ssh-ed25519": new_key()}
+        attacker = InMemoryCall(manager, forged)
+        attacker.run()
+        real.run()
+        self.assertEqual(attacker.call.call.outcome, "handshake-failed")
+        self.assertIn("signature", attacker.call.call.reason)
+        self.assertFalse(real.pump.clientIO.disconnected, "the real session must survive")
+        self.assertIs(manager.sessions["edge-1"], real.call)
+        status = manager.registry.status["edge-1"]
+        self.assertEqual((status.status, status.calls, status.last_error), ("connected", calls_before, None))
+
+    def test_forged_unknown_key_is_not_quarantined(self):
+        """Quarantine records only keys whose holder proved them."""
+        config = make_config(self.tmp, {"edge-1": self.device_key}, f"private_key: {self.key_path}", extra="unknown_devices: quarantine")
+        manager = memory_manager(config)
+        forged = device_factory(new_key(), [self.manager_key])
+        forged.privateKeys = {b"ssh-ed25519": new_key()}
+        InMemoryCall(manager, forged).run()
+        self.assertEqual(manager.registry.pending, {})
