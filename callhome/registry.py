@@ -32,6 +32,9 @@ from callhome.config import DEVICE_NAME, Config, Device
 
 STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected")
 
+#: quarantined keys kept at most.
+MAX_PENDING = 10_000
+
 STATUS_FILE = "status.json"
 QUARANTINE_FILE = "quarantine.json"
 ENROLLED_FILE = "enrolled.json"
@@ -163,6 +166,9 @@ class Registry:
         now = self.clock.seconds()
         pending = self.pending.get(fingerprint)
         if pending is None:
+            if len(self.pending) >= MAX_PENDING:
+                # Forget the longest-unseen entry: quarantine cannot grow without bound.
+                del self.pending[min(self.pending.values(), key=lambda p: p.last_seen).fingerprint]
             pending = self.pending[fingerprint] = PendingDevice(fingerprint, key_type, now, now, source)
             self.log.warn(
                 "quarantined unknown device {fingerprint} ({key_type}) from {source}; "
@@ -204,13 +210,24 @@ class Registry:
             return
         if mtime == self._enrolled_mtime:
             return
+        try:
+            entries = read_json(path, [])
+        except ValueError as e:  # JSON syntax: keep the old state, retry on change
+            self._enrolled_mtime = mtime
+            self.log.error("cannot read {file}: {error}", file=str(path), error=e)
+            return
         self._enrolled_mtime = mtime
-        self._apply_enrollments(read_json(path, []))
+        if not isinstance(entries, list):
+            self.log.error("{file} must hold a list of enrollments", file=str(path))
+            return
+        self._apply_enrollments(entries)
 
     def _apply_enrollments(self, entries: list[dict[str, Any]]) -> None:
         for raw in entries:
             try:
                 enrollment = Enrollment(**raw)
+                if not isinstance(enrollment.name, str) or not isinstance(enrollment.fingerprint, str) or not isinstance(enrollment.group, (str, type(None))):
+                    raise TypeError("fingerprint, name and group must be text")
                 fp = fingerprints.normalise(enrollment.fingerprint)
             except (TypeError, fingerprints.FingerprintError) as e:
                 self.log.error("ignoring a bad entry in {file}: {error}", file=ENROLLED_FILE, error=e)
@@ -263,5 +280,5 @@ class Registry:
         try:
             self.check_enrollments()
             self.save()
-        except OSError as e:
-            self.log.error("cannot update state in {dir}: {error}", dir=str(self.state_dir), error=e)
+        except Exception:  # housekeeping must go on whatever one file holds
+            self.log.failure("cannot update state in {dir}", dir=str(self.state_dir))

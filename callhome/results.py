@@ -61,9 +61,9 @@ class ResultsWriter:
         """
         base = (self.directory / device) if under_device else self.directory
         final = (base / relative).resolve()
-        root = self.directory.resolve()
+        root = base.resolve()
         if root != final and root not in final.parents:
-            raise ValueError(f"{relative!r} is outside the results directory")
+            raise ValueError(f"{relative!r} is outside {'the device folder' if under_device else 'the results directory'}")
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=final.parent)
         try:

@@ -371,7 +371,11 @@ class CallHomeUserAuth(service.SSHService):
 
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> None:
         """That attempt failed: move to the next one the device allows."""
-        methods, rest = common.getNS(packet)
+        try:
+            methods, rest = common.getNS(packet)
+        except Exception:  # struct.error on a truncated packet
+            self.transport.fail("malformed authentication failure message", transport.DISCONNECT_PROTOCOL_ERROR)
+            return
         allowed = set(methods.decode("ascii", "replace").split(",")) if methods else set()
         self._next_attempt(allowed)
 

@@ -13,6 +13,7 @@ See ``README.md`` (Chains) for the parameters of each.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +27,9 @@ from callhome.netconf import xml
 from callhome.netconf.session import RPCReply
 
 DATASTORES = ("running", "candidate", "startup")
+# Device-given module names become file names: YANG's own grammar only.
+_YANG_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 WITH_DEFAULTS = ("report-all", "report-all-tagged", "trim", "explicit")
 
 
@@ -328,7 +332,13 @@ class GetSchema:
             identifier = (schema.findtext(n + "identifier") or "").strip()
             version = (schema.findtext(n + "version") or "").strip()
             fmt = (schema.findtext(n + "format") or "yang").strip()
-            if identifier and fmt.split(":")[-1] == "yang" and (self.modules is None or identifier in self.modules):
+            if not _YANG_IDENTIFIER.match(identifier) or (version and not _REVISION.match(version)):
+                context.log.warn(
+                    "get-schema: skipping a schema with an invalid name from {device}: {identifier!r}@{version!r}",
+                    device=context.device.name, identifier=identifier[:80], version=version[:40],
+                )
+                continue
+            if fmt.split(":")[-1] == "yang" and (self.modules is None or identifier in self.modules):
                 wanted[(identifier, version)] = None
         saved = []
         for identifier, version in wanted:
