@@ -167,6 +167,10 @@ def run(args: argparse.Namespace, reactor: Any = None) -> int:
 
         def ended(call: Any) -> None:
             call_ended(call)
+            if call.call.fingerprint is None:
+                # Never showed a host key (a port scan, garbage): not our call.
+                print(f"callhome listen: ignoring a connection from {call.call.peer}: {call.call.reason or 'no SSH'}", file=sys.stderr)
+                return
             if not outcome:
                 outcome.append(call.call)
                 reactor.callLater(0, reactor.stop)

@@ -28,14 +28,22 @@ class CallHomeFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
         """
         A new call: we are the SSH client on it (RFC 8071 §3.1 C1-C3).
-        Returning None (admission refused) closes the socket at once.
+        A call admission refuses gets a protocol that hangs up at once (not
+        None: wrapping factories such as haproxy's cannot handle None).
         """
         source = getattr(addr, "host", str(addr))
         if not self.manager.admit(source):
-            return None
+            return Refused()
         call = self.manager.new_call()
         call.factory = self
         return call
+
+
+class Refused(Protocol):
+    """A connection admission control refused: closed as soon as it is made."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
 
 
 def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:

