@@ -9,9 +9,12 @@ all work through ``serverFromString``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from callhome.manager import Manager
 
@@ -53,3 +56,100 @@ def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     if re.match(r"^(haproxy:)?(tcp6?|tcp)(:|$)", description):
         return f"{description}:backlog={backlog}"
     return description
+
+
+class ProxiedCall(ProtocolWrapper):
+    """
+    A connection behind a PROXY-protocol load balancer (``haproxy:``).
+
+    Twisted's own wrapper builds the wrapped protocol when the connection is
+    accepted, before the PROXY header says who the device is; admission
+    would then count and block the balancer's address.  This one reads the
+    header first, admits the call by the device's real address, and only
+    then builds the call and hands it the connection.
+    """
+
+    wrappedProtocol: Any
+
+    def __init__(self, factory: "ProxiedCallFactory") -> None:
+        super().__init__(factory, Protocol())
+        self._proxy = HAProxyProtocolWrapper(factory, self.wrappedProtocol)
+        self._admitted = False
+        self._header_timer: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        """Hold the connection; the call is built once the header is read."""
+        Protocol.makeConnection(self, transport)
+        self._proxy.transport = transport
+        self.factory.registerProtocol(self)
+        # Not yet admitted, so not yet bounded by admission: a header that
+        # never comes must not hold the connection.
+        manager = self.factory.manager
+        self._header_timer = manager.clock.callLater(manager.config.ssh.handshake_timeout, transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Before admission: the PROXY header; after: the call's bytes."""
+        if self._admitted:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        header_parser = self._proxy
+        captured: list[bytes] = []
+        header_parser.wrappedProtocol = _Capture(captured)
+        header_parser.dataReceived(data)  # an invalid header: it hangs up
+        if header_parser._proxyInfo is None:
+            return  # not complete yet, or refused
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
+        source = header_parser.getPeer()
+        manager = self.factory.manager
+        if not manager.admit(getattr(source, "host", str(source))):
+            self.transport.loseConnection()
+            return
+        self._admitted = True
+        call = manager.new_call()
+        call.factory = self.factory
+        self.wrappedProtocol = call
+        call.makeConnection(self)
+        if captured:
+            call.dataReceived(b"".join(captured))
+
+    def getPeer(self) -> Any:
+        """The device's address from the PROXY header."""
+        return self._proxy.getPeer()
+
+    def getHost(self) -> Any:
+        """Our address as the device reached it, from the PROXY header."""
+        return self._proxy.getHost()
+
+    def connectionLost(self, reason: Any) -> None:
+        """Pass the end on to the call, if one was built."""
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
+        if self._admitted:
+            super().connectionLost(reason)
+        else:
+            self.factory.unregisterProtocol(self)
+
+
+class _Capture(Protocol):
+    """Collects the bytes that followed the PROXY header in the same read."""
+
+    def __init__(self, into: list[bytes]) -> None:
+        self.into = into
+
+    def dataReceived(self, data: bytes) -> None:
+        self.into.append(data)
+
+
+class ProxiedCallFactory(WrappingFactory):
+    """The factory for ``haproxy:`` listeners: L{ProxiedCall} per connection."""
+
+    protocol = ProxiedCall  # type: ignore[assignment]
+
+    def __init__(self, manager: Manager) -> None:
+        super().__init__(CallHomeFactory(manager))
+        self.manager = manager
+
+    def buildProtocol(self, addr: IAddress) -> ProxiedCall:
+        """Accept now; admission waits for the PROXY header."""
+        return ProxiedCall(self)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callhome.config import Config
-from callhome.listener import CallHomeFactory, with_backlog
+from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.manager import Manager
 
 
@@ -79,8 +79,14 @@ class CallHomeService(MultiService):
         housekeeping.setServiceParent(self)
         self.listeners: list[EndpointListener] = []
         for description in config.listen:
-            endpoint = serverFromString(reactor, with_backlog(description))
-            listener = EndpointListener(description, endpoint, self.factory)
+            factory: ServerFactory = self.factory
+            inner = description
+            if description.startswith("haproxy:"):
+                # Our own PROXY wrapper: admission by the device's address.
+                inner = description[len("haproxy:"):]
+                factory = ProxiedCallFactory(self.manager)
+            endpoint = serverFromString(reactor, with_backlog(inner))
+            listener = EndpointListener(description, endpoint, factory)
             listener.setServiceParent(self)
             self.listeners.append(listener)
 

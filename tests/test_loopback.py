@@ -201,3 +201,109 @@ class AdmissionLoopbackTests(ServiceTestCase):
         self.assertGreaterEqual(manager.counts["auth-failed"], 10)
         self.assertGreater(manager.admission.refused["blocked"], 0)
         self.assertEqual(manager.counts["auth-failed"] + manager.admission.refused["blocked"], 50)
+
+
+class HAProxyTests(ServiceTestCase):
+    """A haproxy: listener admits by the device's address from the PROXY header."""
+
+    async def test_admission_by_proxied_source(self):
+        """
+        Two silent calls proxied for 10.9.9.9 and one for 10.9.9.8, with one
+        pending call allowed per source: the second from .9 is refused, the
+        others are held, and the counts are by the proxied addresses, not
+        the balancer's.
+        """
+        from twisted.internet.protocol import ClientFactory
+
+        tmp = Path(self.mktemp())
+        key = load_or_create_host_key(tmp / "good")
+        service = self.start_service(
+            tmp, f"devices: [{{name: good, host_keys: [\"{fingerprints.of_key(key)}\"]}}]",
+            extra="admission: {max_pending_per_source: 1}",
+        )
+        # start_service listened on plain tcp; add a haproxy: listener.
+        from twisted.internet.endpoints import serverFromString
+
+        from callhome.listener import ProxiedCallFactory
+
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(ProxiedCallFactory(service.manager))
+        self.addCleanup(port.stopListening)
+
+        class Proxied(Protocol):
+            def connectionMade(self) -> None:
+                self.factory.opened.append(self)
+                self.transport.write(f"PROXY TCP4 {self.factory.source} 127.0.0.1 40000 4334\r\n".encode())
+
+            def connectionLost(self, reason=None) -> None:
+                self.factory.lost.append(self)
+
+        factories = []
+        for source in ("10.9.9.9", "10.9.9.9", "10.9.9.8"):
+            factory = ClientFactory.forProtocol(Proxied)
+            factory.source, factory.opened, factory.lost = source, [], []
+            factories.append(factory)
+            reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+            await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual([len(f.lost) for f in factories], [0, 1, 0])
+        self.assertEqual(service.manager.admission.pending, 2)
+        self.assertEqual(service.manager.admission._pending_by_source, {"10.9.9.9": 1, "10.9.9.8": 1})
+        peers = sorted(c.call.peer for c in service.manager.active)
+        self.assertEqual(peers, ["10.9.9.8:40000", "10.9.9.9:40000"])
+        for f in factories:
+            for p in f.opened:
+                p.transport.loseConnection()
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(service.manager.admission.pending, 0)
+
+        class Garbage(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"GET / HTTP/1.0\r\n\r\n")
+
+            def connectionLost(self, reason=None) -> None:
+                self.factory.lost.append(self)
+
+        garbage = ClientFactory.forProtocol(Garbage)
+        garbage.lost = []
+        reactor.connectTCP("127.0.0.1", port.getHost().port, garbage)
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(garbage.lost), 1, "no PROXY header: closed")
+        self.assertEqual(service.manager.admission.pending, 0)
+
+    async def test_call_through_a_proxy(self):
+        """A whole call through a PROXY-header relay is served, logged with the device's address."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.protocols import portforward
+
+        from callhome.listener import ProxiedCallFactory
+
+        tmp = Path(self.mktemp())
+        key = load_or_create_host_key(tmp / "good")
+        service = self.start_service(tmp, f"devices: [{{name: good, host_keys: [\"{fingerprints.of_key(key)}\"]}}]")
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(ProxiedCallFactory(service.manager))
+        self.addCleanup(port.stopListening)
+
+        class HeaderClient(portforward.ProxyClient):
+            def connectionMade(self) -> None:
+                self.transport.write(b"PROXY TCP4 192.0.2.44 127.0.0.1 50000 4334\r\n")
+                super().connectionMade()
+
+        class HeaderClientFactory(portforward.ProxyClientFactory):
+            protocol = HeaderClient
+
+        class Relay(portforward.ProxyServer):
+            clientProtocolFactory = HeaderClientFactory
+
+        relay_factory = portforward.ProxyFactory("127.0.0.1", port.getHost().port)
+        relay_factory.protocol = Relay
+        relay = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(relay_factory)
+        self.addCleanup(relay.stopListening)
+        ended = []
+        call_ended = service.manager.call_ended
+        service.manager.call_ended = lambda call: (call_ended(call), ended.append(call.call))
+        out, err, code = await run_device(
+            "--manager", f"127.0.0.1:{relay.getHost().port}", "--host-key", str(tmp / "good"),
+            "--authorized-key", self.manager_pub, "--quiet", "--retries", "0",
+        )
+        self.assertEqual(code, 0, (out + err).decode(errors="replace"))
+        self.assertEqual(ended[0].outcome, "ok", ended[0].reason)
+        self.assertEqual(ended[0].peer, "192.0.2.44:50000")

@@ -76,3 +76,21 @@ class TapTests(SynchronousTestCase):
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("config error: devices[0]: missing host_keys", output)
         self.assertNotIn("Traceback", output)
+
+
+class ListenerWiringTests(SynchronousTestCase):
+    """listen: entries become the right factories."""
+
+    def test_haproxy_listener_uses_our_proxy_wrapper(self):
+        """haproxy: endpoints admit by the PROXY header's address (ProxiedCallFactory)."""
+        from callhome import config as config_module
+        from callhome.listener import CallHomeFactory, ProxiedCallFactory
+
+        tmp = Path(self.mktemp())
+        config = config_module.loads(f"listen: [tcp:4334, 'haproxy:tcp:4335']\nstate_dir: {tmp}/state\n")
+        reactor = MemoryReactorClock()
+        service = CallHomeService(config, reactor)
+        service.startService()
+        factories = {port: type(factory) for port, factory, _, _ in reactor.tcpServers}
+        self.assertIs(factories[4334], CallHomeFactory)
+        self.assertIs(factories[4335], ProxiedCallFactory)
