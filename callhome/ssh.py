@@ -236,6 +236,14 @@ class CallHomeTransport(transport.SSHClientTransport):
         for it, then, and only then, authenticate.
         """
         assert self.call is not None and self.call.fingerprint is not None
+        # conch calls this after every NEWKEYS: a rekey the device starts
+        # later must not run the policies or userauth again.
+        if self.call.state != "securing":
+            return
+        # The KEXINIT payloads only feed the exchange hash; a rekey sets them
+        # afresh.  Dropping them saves ~2 KiB per held session.
+        self.__dict__.pop("ourKexInitPayload", None)
+        self.__dict__.pop("otherKexInitPayload", None)
         device = self.handler.identify(self, self.call.fingerprint, self.call.key_type or "", self._candidate)
         if device is None:
             self.fail(self.call.reason or "refused")

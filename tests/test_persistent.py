@@ -96,3 +96,19 @@ class PersistentTests(SynchronousTestCase):
         call.run()
         self.assertTrue(call.pump.clientIO.disconnected)
         self.assertIsNone(call.call.keepalive)
+
+    def test_device_rekey_does_not_rerun_the_call(self):
+        """
+        A key re-exchange the device starts mid-session (conch calls
+        connectionSecure after every NEWKEYS) must not run the policies or
+        userauth again: the session carries on.
+        """
+        call = self.start()
+        calls_before = self.manager.registry.status["edge-1"].calls
+        call.device.sendKexInit()
+        call.run()
+        self.advance(call, 10)
+        self.assertEqual(call.device.seen.count(5), 1, "one service request only")
+        self.assertEqual(self.manager.registry.status["edge-1"].calls, calls_before)
+        self.assertFalse(call.pump.clientIO.disconnected)
+        self.assertEqual(call.call.keepalive.missed, 0, "keepalives still answered after the rekey")

@@ -22,6 +22,7 @@ BASE_1_1 = "urn:ietf:params:netconf:base:1.1"
 
 _NC = "{%s}" % NETCONF_NS
 _SESSION_ID = re.compile(r"^[1-9][0-9]{0,9}$")
+_CAPABILITY_SETS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 class XMLRejected(Exception):
@@ -244,6 +245,12 @@ def parse_hello(root: etree._Element) -> Hello:
     capabilities = tuple(
         (c.text or "").strip() for c in root.iterfind(f"{_NC}capabilities/{_NC}capability")
     )
+    # Devices of a kind send the same list: share one tuple between their
+    # sessions (10,000 held sessions would otherwise keep 10,000 copies).
+    if len(_CAPABILITY_SETS) < 1000:
+        capabilities = _CAPABILITY_SETS.setdefault(capabilities, capabilities)
+    else:
+        capabilities = _CAPABILITY_SETS.get(capabilities, capabilities)
     if BASE_1_0 not in capabilities and BASE_1_1 not in capabilities:
         raise XMLRejected("hello offers no NETCONF base capability (base:1.0 or base:1.1)")
     session_id = root.findtext(f"{_NC}session-id")
