@@ -19,14 +19,13 @@ from twisted.conch.ssh import factory, keys, session, transport
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate, FilteringLogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from callhome import fingerprints
+from callhome.ssh import QuietLogger
 from callhome.simulator.netconf_server import Datastore, NetconfServerProtocol
 
-_quiet = FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])
 
 
 def load_or_create_host_key(path: str | Path, key_type: str = "ed25519") -> keys.Key:
@@ -93,7 +92,8 @@ class NetconfRealm:
 class DeviceTransport(transport.SSHServerTransport):
     """The device's SSH server transport; C{done} fires (with None) when the call ends."""
 
-    _log = Logger(observer=_quiet)
+    # conch's packet-level chatter, dropped before it is built (as the manager does).
+    _log = QuietLogger(namespace="callhome.simulator.conch")
 
     def connectionMade(self) -> None:
         self.done: defer.Deferred[None] = defer.Deferred()
