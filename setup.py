@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["callhome", "callhome.*"]) + ["twisted.plugins"],
     package_data={
+        "callhome": ["openapi.yaml"],
         "callhome.simulator": ["datastore.xml", "yang/*.yang"],
         "twisted": ["plugins/callhome_plugin.py"],
     },
@@ -19,6 +20,7 @@ setup(
         "cryptography>=42",
         "lxml>=5",
         "pyyaml>=6",
+        "prometheus_client>=0.17",  # GET /metrics (issue 5)
     ],
     extras_require={
         "test": ["pytest>=8", "asyncssh>=2.14"],

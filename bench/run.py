@@ -134,6 +134,7 @@ def prepare(work: Path, sessions: int, admission: str | None = None) -> None:
     (work / "config.yaml").write_text(
         f"listen: [\"tcp:{{port}}:interface=127.0.0.1\"]\n"
         f"results_dir: {work}/results\nstate_dir: {work}/state\n"
+        f"store: {{database: {work}/callhome.sqlite}}\napi: {{listen: \"tcp:0:interface=127.0.0.1\"}}\n"
         f"netconf: {{max_message_size: {200 * 1024 * 1024}}}\n"
         f"defaults: {{username: admin, private_key: {work}/manager_ed25519, chain: bench}}\n"
         # Every simulated device calls from 127.0.0.1 at once: lift the

@@ -169,6 +169,40 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """
+    Where results metadata, events and device state are kept.
+
+    @ivar retention_days: results and events older than this are deleted
+        (files too); None keeps them.
+    @ivar retention_per_device: only the newest this many results of each
+        device are kept; None keeps them all.
+    """
+
+    database: Path = Path("var/callhome.sqlite")
+    retention_days: float | None = None
+    retention_per_device: int | None = None
+
+
+#: the API's default endpoint: loopback only, so no token is needed.
+DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """
+    The management API.
+
+    @ivar listen: a Twisted server endpoint, or None for no API.
+    @ivar token: the bearer token requests must carry (None: no token;
+        allowed only on loopback).
+    """
+
+    listen: str | None = DEFAULT_API_LISTEN
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, valid configuration."""
 
@@ -185,6 +219,12 @@ class Config:
     duplicate_sessions: str = "replace"
     admission: AdmissionSettings = AdmissionSettings()
     state_dir: Path = Path("var/state")
+    store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    #: seconds running chains get to finish when the service stops.
+    shutdown_grace: float = 30.0
+    #: log format when the service runs under twistd: text or json.
+    log_format: str = "text"
     #: things an operator should fix, each with its key path (logged at start).
     warnings: tuple[str, ...] = ()
 
@@ -208,7 +248,7 @@ _PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms", "mode", "on_no
 _TOP_KEYS = (
     "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
-    "plugin_paths", "step_timeout",
+    "plugin_paths", "step_timeout", "store", "api", "shutdown_grace", "log",
 )
 
 
@@ -276,6 +316,36 @@ class _Node:
         if not isinstance(self.value, bool):
             raise self.error(f"must be true or false, got {_kind(self.value)}")
         return self.value
+
+
+def parse_step(value: Any, path: str, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> Step:
+    """
+    One chain step from its YAML/JSON form, e.g. C{{"get-config": {"source": "running"}}}
+    (the API's JSON form of an RPC).
+
+    @raises ConfigError: naming C{path} and what is wrong.
+    """
+    reader = _Reader({})
+    reader.step_timeout = step_timeout
+    return reader.step(_Node(value, path))
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """Whether a server endpoint string listens on loopback (or a UNIX socket) only."""
+    import ipaddress
+
+    from twisted.internet.endpoints import _parseServer
+
+    kind, args, kwargs = _parseServer(description, None)
+    if str(kind).lower() == "unix":
+        return True
+    interface = kwargs.get("interface", "")
+    if not interface:
+        return False  # all addresses
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return interface == "localhost"
 
 
 def _kind(value: Any) -> str:
@@ -365,6 +435,10 @@ class _Reader:
             duplicate_sessions=self.choice(top, "duplicate_sessions", ("replace", "reject"), "replace"),
             admission=self.admission(top.get("admission", _Node({}, "admission"))),
             state_dir=state_dir,
+            store=self.store(top.get("store", _Node({}, "store"))),
+            api=self.api(top.get("api", _Node({}, "api"))),
+            shutdown_grace=top["shutdown_grace"].number() if "shutdown_grace" in top else 30.0,
+            log_format=self.log_format(top.get("log", _Node({}, "log"))),
             warnings=tuple(self.warnings),
         )
 
@@ -490,6 +564,43 @@ class _Reader:
         except Exception as e:  # the parser raises several kinds on bad input
             raise node.error(f"not a Twisted server endpoint string ({e}); e.g. tcp:4334") from None
         return text
+
+    def store(self, node: _Node) -> StoreSettings:
+        fields = node.mapping(("database", "retention"))
+        database = Path(fields["database"].text()) if "database" in fields else StoreSettings.database
+        days = per_device = None
+        if "retention" in fields and fields["retention"].value is not None:
+            retention = fields["retention"].mapping(("days", "per_device"))
+            if "days" in retention:
+                days = retention["days"].number()
+                if days <= 0:
+                    raise retention["days"].error("must be more than 0 (leave it out to keep results for ever)")
+            if "per_device" in retention:
+                per_device = retention["per_device"].integer()
+        return StoreSettings(database=database, retention_days=days, retention_per_device=per_device)
+
+    def api(self, node: _Node) -> ApiSettings:
+        fields = node.mapping(("listen", "token", "token_env", "token_file"))
+        listen: str | None = DEFAULT_API_LISTEN
+        if "listen" in fields:
+            listen = None if fields["listen"].value in (None, False, "none", "off") else self.endpoint(fields["listen"])
+        token = self.secret(fields, "token")
+        if listen is not None and token is None and not is_loopback_endpoint(listen):
+            raise ConfigError(
+                "api.listen",
+                f"{listen} is reachable from other hosts: set api.token_file or api.token_env "
+                "(a bearer token), or bind to 127.0.0.1",
+            )
+        return ApiSettings(listen=listen, token=token)
+
+    def log_format(self, node: _Node) -> str:
+        fields = node.mapping(("format",))
+        if "format" not in fields:
+            return "text"
+        value = fields["format"].text()
+        if value not in ("text", "json"):
+            raise fields["format"].error("must be text or json")
+        return value
 
     def netconf(self, node: _Node) -> NetconfSettings:
         keys_ = node.mapping(("offer_base_1_1", "hello_timeout", "rpc_timeout", "max_message_size"))

@@ -25,12 +25,17 @@ from callhome.actions import ActionContext
 from callhome.actions.runner import StepOutcome, run_chain
 from callhome.admission import Admission
 from callhome.config import Config, Device, NetconfSettings
+from callhome.metrics import Metrics
 from callhome.registry import Registry
-from callhome.results import ResultsWriter
+from callhome.results import ResultsWriter, SavedFile
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.netconf.session import NetconfSession
     from callhome.ssh import CallHomeTransport
+    from callhome.store import Store
+
+#: call outcomes that are refusals by policy (counted with admission's).
+REFUSALS = frozenset(["unknown-host-key", "duplicate-refused", "not-allowed"])
 
 
 class Manager:
@@ -40,21 +45,87 @@ class Manager:
     @ivar active: the calls now connected.
     @ivar sessions: device name -> its identified call (for duplicates).
     @ivar counts: finished calls by outcome.
+    @ivar chains: the chains running now (a graceful stop waits for them).
+    @ivar store: where results metadata and events go (None: nowhere).
+    @ivar metrics: the service's Prometheus metrics.
     """
 
     log = Logger(namespace="callhome")
 
-    def __init__(self, config: Config, clock: IReactorTime, results: ResultsWriter | None = None, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: IReactorTime,
+        results: ResultsWriter | None = None,
+        registry: Registry | None = None,
+        store: "Store | None" = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.store = store
+        self.metrics = metrics or Metrics()
         self.results = results or ResultsWriter(config.results_dir)
-        self.registry = registry or Registry(config, clock)
+        self.results.on_saved = self._saved
+        self.registry = registry or Registry(config, clock, store=store)
         self.admission = Admission(config.admission, clock)
         self.active: set["CallHomeTransport"] = set()
         self.sessions: dict[str, "CallHomeTransport"] = {}
+        self.chains: set[defer.Deferred[Any]] = set()
         self.counts: Counter[str] = Counter()
         self.notifications_received = 0
+        #: bytes received on calls that have ended (open ones are summed live).
+        self.bytes_received_closed = 0
         self.offer = algorithms.offer(self._legacy_opt_ins())
+        self.metrics.live(
+            handshakes=lambda: self.admission.pending,
+            sessions=lambda: len(self.active),
+            devices=lambda: len(self.registry.devices()),
+            quarantined=lambda: len(self.registry.pending),
+            bytes_received=self.bytes_received,
+        )
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take a reloaded config: new calls get its devices, credentials,
+        chains and policies; open sessions keep what they started with,
+        except that a device no longer listed has its session closed.
+        """
+        self.config = config
+        self.registry.reconfigure(config)
+        self.admission.settings = config.admission
+        self.offer = algorithms.offer(self._legacy_opt_ins())
+        if self.results.directory != config.results_dir:
+            self.results = ResultsWriter(config.results_dir, on_saved=self._saved)
+        for name, call in list(self.sessions.items()):
+            if self.registry.device(name) is None:
+                self.log.warn("device {device} is no longer configured: closing its session", device=name)
+                self.disconnect(call, "device removed from the config")
+
+    def bytes_received(self) -> float:
+        """Every byte received from devices, on ended and open calls."""
+        return self.bytes_received_closed + sum(c.bytes_received for c in self.active)
+
+    def _saved(self, saved: SavedFile) -> None:
+        self.metrics.results_saved.inc()
+        if self.store is not None:
+            self.store.add_result(saved.device, saved.action, str(saved.path), saved.size, saved.sha256, saved.session, saved.time)
+
+    def event(self, kind: str, message: str, device: str | None = None, **data: Any) -> None:
+        """Record an event in the store (if there is one)."""
+        if self.store is not None:
+            self.store.add_event(kind, message, device, data or None, self.clock.seconds())
+
+    def disconnect(self, call: "CallHomeTransport", reason: str) -> defer.Deferred[Any]:
+        """Close a call's session politely (close-session), recording why."""
+        if call.call is not None and call.call.reason is None:
+            call.call.reason = reason
+            if call.call.outcome == "open":
+                call.call.outcome = "disconnected"
+        if call.session is not None:
+            return call.session.close()
+        call.hang_up()
+        return defer.succeed(None)
 
     def _legacy_opt_ins(self) -> set[str]:
         """Every legacy algorithm any device, group or the defaults opted into."""
@@ -70,7 +141,12 @@ class Manager:
 
     def admit(self, source: str) -> bool:
         """Whether to take a new connection from C{source} (counted if not)."""
-        return self.admission.admit(source) is None
+        refused = self.admission.admit(source)
+        if refused is None:
+            self.metrics.calls_accepted.inc()
+            return True
+        self.metrics.calls_refused.labels(refused).inc()
+        return False
 
     def new_call(self) -> "CallHomeTransport":
         """The transport for a new, admitted connection (tracked from now on)."""
@@ -172,17 +248,21 @@ class Manager:
         if call.call is not None and call.call.device is not None:
             self.registry.transition(call.call.device, "authenticating")
 
-    def _context(self, device: Device, session: "NetconfSession") -> ActionContext:
+    def _context(self, device: Device, session: "NetconfSession", call_id: str) -> ActionContext:
         """What a chain of this device's steps works with."""
         context = ActionContext(
             device=device,
             session=session,
-            results=self.results,
+            results=self.results.for_session(call_id),
             clock=self.clock,
             log=Logger(namespace=f"callhome.device.{device.name}"),
         )
-        context.notifications = lambda root, raw: self._notification(device, session, root, raw)
+        context.notifications = lambda root, raw: self._notification(device, session, call_id, root, raw)
+        context.step_done = self._step_done
         return context
+
+    def _step_done(self, outcome: StepOutcome) -> None:
+        self.metrics.chain_steps.labels(outcome.action, "ok" if outcome.ok else "error").inc()
 
     def session_ready(self, call: "CallHomeTransport", session: "NetconfSession") -> None:
         """
@@ -193,8 +273,10 @@ class Manager:
         assert record is not None and record.device is not None
         device = record.device
         self.registry.transition(device, "connected")
-        context = self._context(device, session)
+        session.on_rpc_done = self.metrics.rpc_done
+        context = self._context(device, session, record.id)
         chain = run_chain(self.config.chains[device.chain], context, self.clock)
+        self._track(chain)
 
         def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str] | None:
             # Keep what the record needs, not the replies: a held persistent
@@ -213,6 +295,16 @@ class Manager:
         chain.addCallback(finished)
         chain.addErrback(lambda f: self.log.failure("chain runner failed for {device}", f, device=device.name))
 
+    def _track(self, chain: defer.Deferred[Any]) -> None:
+        """Keep a running chain in L{chains} until it ends."""
+        self.chains.add(chain)
+
+        def untrack(result: Any) -> Any:
+            self.chains.discard(chain)
+            return result
+
+        chain.addBoth(untrack)
+
     def _keep(self, call: "CallHomeTransport", session: "NetconfSession", device: Device) -> None:
         """Persistent mode: keepalives, and the idle timeout if the device has one."""
         ssh = self.config.ssh
@@ -221,6 +313,8 @@ class Manager:
             "persistent session with {device} open (keepalive every {interval:g}s)",
             device=device.name, interval=ssh.keepalive_interval,
         )
+        self.event("session-open", f"persistent session with {device.name} open", device.name,
+                    session=call.call.id if call.call else None)
         idle = device.idle_timeout
         if not idle:
             return
@@ -240,25 +334,36 @@ class Manager:
         pending.append(self.clock.callLater(idle, check))
         session.closed.addBoth(lambda _: [d.cancel() for d in pending if d.active()])
 
-    def _notification(self, device: Device, session: "NetconfSession", root: Any, raw: bytes) -> None:
+    def _notification(self, device: Device, session: "NetconfSession", call_id: str, root: Any, raw: bytes) -> None:
         """Save a notification and run the device's on_notification chain."""
-        self.results.save(device.name, "notification", raw)
+        path = self.results.for_session(call_id).save(device.name, "notification", raw)
         self.notifications_received += 1
+        self.metrics.notifications.inc()
+        self.event("notification", f"notification from {device.name} saved", device.name, path=str(path), session=call_id)
         if device.on_notification is None:
             return
-        context = self._context(device, session)
+        chains = self.config.chains
+        if device.on_notification not in chains:  # removed by a reload
+            return
+        context = self._context(device, session, call_id)
         context.notification = root
-        run_chain(self.config.chains[device.on_notification], context, self.clock)
+        self._track(run_chain(chains[device.on_notification], context, self.clock))
 
     def call_ended(self, call: "CallHomeTransport") -> None:
         """Log the call's one line, count its outcome, update the device's status."""
         self.active.discard(call)
+        self.bytes_received_closed += call.bytes_received
         record = call.call
         assert record is not None
         if not record.authenticated:
             self.admission.failed_before_auth(record.source)
         if record.outcome == "open":
             record.outcome = _outcome_from_state(record.state, record.reason)
+        self.metrics.calls_finished.labels(record.outcome).inc()
+        if record.outcome == "auth-failed":
+            self.metrics.auth_failures.inc()
+        elif record.outcome in REFUSALS:
+            self.metrics.calls_refused.labels(record.outcome).inc()
         if record.device is not None and self.sessions.get(record.device.name) is call:
             del self.sessions[record.device.name]
             self.registry.transition(record.device, _status_after(record.outcome), error=None if record.outcome == "ok" else record.reason)
@@ -280,17 +385,38 @@ class Manager:
             duration=duration,
             reason=record.reason,
             why=f" ({record.reason})" if record.reason and record.outcome != "ok" else "",
+            session=record.id,
         )
+        if self.store is not None:
+            self.store.add_event(
+                "call",
+                f"call from {record.peer}: outcome {record.outcome}" + (f" ({record.reason})" if record.reason and record.outcome != "ok" else ""),
+                record.device.name if record.device else None,
+                {
+                    "session": record.id, "peer": record.peer, "fingerprint": record.fingerprint,
+                    "outcome": record.outcome, "reason": record.reason, "duration": round(duration, 6),
+                    "steps": [{"action": s.action, "ok": s.ok, "error": s.error, "duration": round(s.duration, 6)} for s in steps],
+                },
+                self.clock.seconds(),
+            )
 
-    def close_all(self) -> defer.Deferred[object]:
-        """Close every open session politely; fires when all are gone."""
-        waits = []
-        for call in list(self.active):
-            if call.session is not None:
-                waits.append(call.session.close())
-            elif call.transport is not None:
-                call.transport.loseConnection()
-        return defer.DeferredList(waits, consumeErrors=True)
+    def close_all(self, reason: str = "service stopping") -> defer.Deferred[object]:
+        """Close every open session politely (close-session); fires when all are gone."""
+        return defer.DeferredList([self.disconnect(call, reason) for call in list(self.active)], consumeErrors=True)
+
+    def drained(self, timeout: float) -> defer.Deferred[None]:
+        """Fires when no call is open any more, or after C{timeout} seconds."""
+        waiting: defer.Deferred[None] = defer.Deferred()
+        deadline = self.clock.seconds() + timeout
+
+        def check() -> None:
+            if not self.active or self.clock.seconds() >= deadline:
+                waiting.callback(None)
+            else:
+                self.clock.callLater(0.05, check)
+
+        check()
+        return waiting
 
 
 def _summary(result: Any) -> Any:

@@ -8,11 +8,13 @@ status (``connecting``, ``authenticating``, ``connected``, ``failed-auth``,
 seen, how many calls it made and its last error.  Unknown host keys seen
 under ``unknown_devices: quarantine`` are kept as pending devices.
 
-State lives in ``state_dir`` as JSON, each file with one writer:
-``status.json`` and ``quarantine.json`` are written by the service,
-``enrolled.json`` by ``callhome approve`` (the service watches it, so an
-approval needs no restart).  Every write is a temporary file renamed into
-place.
+State lives in the store (SQLite, L{callhome.store}): status, quarantine
+and enrollments are read once at start-up and written back, batched, by the
+housekeeping tick.  An approval comes through the API
+(L{Registry.approve}) and applies at once.  ``enrolled.json`` in
+``state_dir`` is still honoured, for ``callhome approve --offline`` and
+deployments from before the store; ``status.json`` and ``quarantine.json``
+from those deployments are imported into an empty database once.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from callhome import fingerprints
 from callhome.config import DEVICE_NAME, Config, Device
+
+if TYPE_CHECKING:  # pragma: no cover
+    from callhome.store import Snapshot, Store
 
 STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected")
 
@@ -133,20 +138,34 @@ class Registry:
 
     @ivar status: device name -> L{DeviceStatus}.
     @ivar pending: fingerprint -> L{PendingDevice} (quarantine).
+    @ivar enrollments: fingerprint -> L{Enrollment}, every approval applied.
+    @ivar store: where state is written; None keeps it in memory only.
     """
 
     log = Logger(namespace="callhome.registry")
 
-    def __init__(self, config: Config, clock: IReactorTime, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: IReactorTime,
+        state_dir: Path | None = None,
+        store: "Store | None" = None,
+        snapshot: "Snapshot | None" = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.state_dir = Path(state_dir if state_dir is not None else config.state_dir)
+        self.store = store
         self._by_fingerprint = config.device_by_fingerprint()
         self.status: dict[str, DeviceStatus] = {}
         self.pending: dict[str, PendingDevice] = {}
+        self.enrollments: dict[str, Enrollment] = {}
         self._enrolled_mtime: float | None = None
-        self._dirty = False
-        self._load()
+        self._dirty_status: set[str] = set()
+        self._dirty_pending: set[str] = set()
+        if snapshot is not None:
+            self._load(snapshot)
+        self.check_enrollments()
 
     # --- identification ---------------------------------------------------------
 
@@ -161,6 +180,13 @@ class Registry:
             seen.setdefault(device.name, device)
         return list(seen.values())
 
+    def device(self, name: str) -> Device | None:
+        """The device with this name, configured or enrolled."""
+        for device in self._by_fingerprint.values():
+            if device.name == name:
+                return device
+        return None
+
     def quarantine(self, fingerprint: str, key_type: str, source: str) -> PendingDevice:
         """Record an unknown host key for an operator to approve."""
         now = self.clock.seconds()
@@ -168,17 +194,22 @@ class Registry:
         if pending is None:
             if len(self.pending) >= MAX_PENDING:
                 # Forget the longest-unseen entry: quarantine cannot grow without bound.
-                del self.pending[min(self.pending.values(), key=lambda p: p.last_seen).fingerprint]
+                oldest = min(self.pending.values(), key=lambda p: p.last_seen).fingerprint
+                del self.pending[oldest]
+                self._dirty_pending.add(oldest)
             pending = self.pending[fingerprint] = PendingDevice(fingerprint, key_type, now, now, source)
             self.log.warn(
                 "quarantined unknown device {fingerprint} ({key_type}) from {source}; "
                 "approve with: callhome approve {fingerprint} NAME",
                 fingerprint=fingerprint, key_type=key_type, source=source,
             )
+            if self.store is not None:
+                self.store.add_event("quarantine", f"unknown host key {fingerprint} ({key_type}) from {source} quarantined",
+                                     data={"fingerprint": fingerprint, "key_type": key_type, "source": source})
         else:
             pending.last_seen, pending.last_source = now, source
             pending.times_seen += 1
-        self._dirty = True
+        self._dirty_pending.add(fingerprint)
         return pending
 
     # --- status ----------------------------------------------------------------------
@@ -197,9 +228,37 @@ class Registry:
             entry.fingerprint = fingerprint
         if error is not None:
             entry.last_error = error
-        self._dirty = True
+        self._dirty_status.add(device.name)
 
     # --- enrollment ---------------------------------------------------------------
+
+    def approve(self, fingerprint: str, name: str, group: str | None = None) -> Device:
+        """
+        Enroll a host key as a new device now (the API's approval).
+
+        @raises EnrollmentError: if the name is taken or invalid, the group
+            unknown, or the key already belongs to a device.
+        @raises fingerprints.FingerprintError: if C{fingerprint} is malformed.
+        """
+        fp = fingerprints.normalise(fingerprint)
+        enrollment = Enrollment(fp, name, group, self.clock.seconds())
+        device = self._enroll(enrollment)
+        if self.store is not None:
+            self.store.put_enrollment(fp, name, group, enrollment.approved_at)
+            self.store.add_event("enrolled", f"device {name} enrolled ({fp})", device=name,
+                                 data={"fingerprint": fp, "group": group})
+        return device
+
+    def _enroll(self, enrollment: Enrollment) -> Device:
+        taken = {f: d.name for f, d in self._by_fingerprint.items()}
+        device = check_enrollment(self.config, enrollment, taken)
+        fp = next(iter(device.host_keys))
+        self._by_fingerprint[fp] = device
+        self.enrollments[fp] = enrollment
+        if self.pending.pop(fp, None) is not None:
+            self._dirty_pending.add(fp)
+        self.log.info("enrolled device {name} ({fingerprint})", name=device.name, fingerprint=fp)
+        return device
 
     def check_enrollments(self) -> None:
         """Apply approvals written to enrolled.json since the last look."""
@@ -220,36 +279,53 @@ class Registry:
         if not isinstance(entries, list):
             self.log.error("{file} must hold a list of enrollments", file=str(path))
             return
-        self._apply_enrollments(entries)
+        self._apply_enrollments(entries, ENROLLED_FILE, persist=True)
 
-    def _apply_enrollments(self, entries: list[dict[str, Any]]) -> None:
+    def _apply_enrollments(self, entries: list[dict[str, Any]], where: str, persist: bool) -> None:
         for raw in entries:
             try:
                 enrollment = Enrollment(**raw)
                 if not isinstance(enrollment.name, str) or not isinstance(enrollment.fingerprint, str) or not isinstance(enrollment.group, (str, type(None))):
                     raise TypeError("fingerprint, name and group must be text")
-                fp = fingerprints.normalise(enrollment.fingerprint)
+                enrollment.fingerprint = fingerprints.normalise(enrollment.fingerprint)
             except (TypeError, fingerprints.FingerprintError) as e:
-                self.log.error("ignoring a bad entry in {file}: {error}", file=ENROLLED_FILE, error=e)
+                self.log.error("ignoring a bad entry in {file}: {error}", file=where, error=e)
                 continue
-            known = self._by_fingerprint.get(fp)
-            if known is not None:
+            if enrollment.fingerprint in self._by_fingerprint:
                 continue  # already applied (or configured)
-            taken = {f: d.name for f, d in self._by_fingerprint.items()}
             try:
-                device = check_enrollment(self.config, enrollment, taken)
+                self._enroll(enrollment)
             except EnrollmentError as e:
-                self.log.error("cannot enroll {fingerprint} as {name}: {error}", fingerprint=fp, name=enrollment.name, error=e)
+                self.log.error("cannot enroll {fingerprint} as {name}: {error}", fingerprint=enrollment.fingerprint, name=enrollment.name, error=e)
                 continue
-            self._by_fingerprint[fp] = device
-            if self.pending.pop(fp, None) is not None:
-                self._dirty = True
-            self.log.info("enrolled device {name} ({fingerprint})", name=device.name, fingerprint=fp)
+            if persist and self.store is not None:
+                self.store.put_enrollment(enrollment.fingerprint, enrollment.name, enrollment.group, enrollment.approved_at or self.clock.seconds())
+
+    # --- reload ----------------------------------------------------------------------
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take a new config: its devices replace the configured ones; enrolled
+        devices are rebuilt with the new groups and defaults (one that now
+        clashes with a configured device is logged and left out).
+        """
+        self.config = config
+        self._by_fingerprint = config.device_by_fingerprint()
+        for enrollment in list(self.enrollments.values()):
+            if enrollment.fingerprint in self._by_fingerprint:
+                continue  # configured now: the config wins
+            try:
+                self._enroll(enrollment)
+            except EnrollmentError as e:
+                self.log.error("enrolled device {name} left out after reload: {error}", name=enrollment.name, error=e)
 
     # --- persistence ----------------------------------------------------------------
 
-    def _load(self) -> None:
-        for raw in read_json(self.state_dir / STATUS_FILE, {}).values():
+    def _load(self, snapshot: "Snapshot") -> None:
+        devices, quarantined = snapshot.devices, snapshot.quarantine
+        if not devices and not quarantined:
+            devices, quarantined = self._legacy_state()
+        for raw in devices:
             try:
                 status = DeviceStatus(**raw)
             except TypeError:
@@ -258,22 +334,48 @@ class Registry:
                 # Nothing is connected to a service that has just started.
                 status.status = "disconnected"
             self.status[status.name] = status
-        for raw in read_json(self.state_dir / QUARANTINE_FILE, {}).values():
+        for raw in quarantined:
             try:
                 pending = PendingDevice(**raw)
             except TypeError:
                 continue
             self.pending[pending.fingerprint] = pending
-        self.check_enrollments()
+        self._apply_enrollments(snapshot.enrollments, "the database", persist=False)
 
-    def save(self, force: bool = False) -> None:
-        """Write status and quarantine if they changed."""
-        if not (self._dirty or force):
+    def _legacy_state(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """status.json and quarantine.json from before the store, imported once."""
+        try:
+            devices = list(read_json(self.state_dir / STATUS_FILE, {}).values())
+            quarantined = list(read_json(self.state_dir / QUARANTINE_FILE, {}).values())
+        except (ValueError, AttributeError) as e:
+            self.log.error("cannot import old state from {dir}: {error}", dir=str(self.state_dir), error=e)
+            return [], []
+        if devices or quarantined:
+            self.log.info(
+                "importing {devices} device statuses and {pending} quarantined keys from {dir} into the database",
+                devices=len(devices), pending=len(quarantined), dir=str(self.state_dir),
+            )
+            self._dirty_status.update(d.get("name") for d in devices if isinstance(d, dict))
+            self._dirty_pending.update(q.get("fingerprint") for q in quarantined if isinstance(q, dict))
+        return devices, quarantined
+
+    def save(self) -> None:
+        """Queue what changed since the last save for the store."""
+        if self.store is None:
+            self._dirty_status.clear()
+            self._dirty_pending.clear()
             return
-        self._dirty = False
-        # vars() rather than asdict(): flat records, and asdict deep-copies.
-        write_json(self.state_dir / STATUS_FILE, {n: vars(s) for n, s in self.status.items()})
-        write_json(self.state_dir / QUARANTINE_FILE, {f: vars(p) for f, p in self.pending.items()})
+        for name in self._dirty_status:
+            if name in self.status:
+                self.store.put_device(dict(vars(self.status[name])))
+        for fp in self._dirty_pending:
+            pending = self.pending.get(fp)
+            if pending is None:
+                self.store.drop_quarantined(fp)
+            else:
+                self.store.put_quarantined(dict(vars(pending)))
+        self._dirty_status.clear()
+        self._dirty_pending.clear()
 
     def tick(self) -> None:
         """Periodic work: pick up approvals, write what changed."""

@@ -6,12 +6,20 @@ It is written to a hidden temporary file in the same directory and then
 hard-linked to its final name, so a reader never sees a partial file and an
 existing result is never overwritten (two results in the same microsecond
 get a ``-1``, ``-2`` ... suffix).
+
+Every file written is reported to C{on_saved} with its metadata (device,
+action, path, size, SHA-256, session), which the service records in the
+store; L{ResultsWriter.for_session} gives a call's actions a writer that
+tags their results with the call's id.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -31,27 +39,64 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@dataclass(frozen=True)
+class SavedFile:
+    """The metadata of a result file just written."""
+
+    device: str
+    action: str
+    path: Path
+    size: int
+    sha256: str
+    session: str | None
+    time: float
+
+
 class ResultsWriter:
     """
     Writes results under one directory.
 
     @ivar directory: the results directory; created on first use.
     @ivar now: returns the current UTC time (injectable for tests).
+    @ivar on_saved: called with a L{SavedFile} for every file written.
+    @ivar session: the call id this writer tags results with (see
+        L{for_session}).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], now: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        now: Callable[[], datetime] = _utc_now,
+        on_saved: Callable[[SavedFile], None] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.now = now
+        self.on_saved = on_saved
+        self.session: str | None = None
         self.saved = 0
         # Device folders known to exist: a mkdir per result costs a syscall
         # (~0.3 ms on some filesystems) for nothing.
         self._folders: set[Path] = set()
 
+    def for_session(self, session: str) -> "ResultsWriter":
+        """A writer sharing this one's directory and callback, tagging results with C{session}."""
+        bound = copy.copy(self)  # shares the folder cache: cheap, one per call
+        bound.session = session
+        return bound
+
+    def _report(self, device: str, action: str, path: Path, payload: bytes, when: datetime) -> None:
+        self.saved += 1
+        if self.on_saved is not None:
+            self.on_saved(SavedFile(
+                device, action, path, len(payload), hashlib.sha256(payload).hexdigest(),
+                self.session, when.timestamp(),
+            ))
+
     def stamp(self) -> str:
         """The UTC timestamp used in result names, e.g. 20261124T081734.587871Z."""
         return self.now().strftime("%Y%m%dT%H%M%S.%fZ")
 
-    def save_file(self, device: str, relative: str, payload: bytes, under_device: bool = True) -> Path:
+    def save_file(self, device: str, relative: str, payload: bytes, under_device: bool = True, action: str = "save") -> Path:
         """
         Write C{payload} to a chosen path under the results directory (under
         the device's folder unless C{under_device} is False), replacing any
@@ -74,7 +119,7 @@ class ResultsWriter:
         except BaseException:
             os.unlink(temporary)
             raise
-        self.saved += 1
+        self._report(device, action, final, payload, self.now())
         return final
 
     def save(self, device: str, action: str, payload: bytes) -> Path:
@@ -88,7 +133,8 @@ class ResultsWriter:
         if folder not in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
             self._folders.add(folder)
-        stamp = self.stamp()
+        when = self.now()
+        stamp = when.strftime("%Y%m%dT%H%M%S.%fZ")
         fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -97,7 +143,7 @@ class ResultsWriter:
             final = self._link_unique(temporary, folder, f"{stamp}-{action}")
         finally:
             os.unlink(temporary)
-        self.saved += 1
+        self._report(device, action, final, payload, when)
         return final
 
     @staticmethod

@@ -1,10 +1,22 @@
 """
-The callhome service: listeners plus the manager, as one MultiService.
+The callhome service: listeners, the manager, the store and the API, as
+one MultiService; live reload and graceful shutdown.
+
+Reload (SIGHUP or ``POST /reload``) re-reads the config file: a bad one is
+refused, logged, and the running config kept; a good one is applied to new
+calls (devices, credentials, chains, policies) and listeners are added or
+removed, while open sessions stay up (except those of devices no longer
+listed).
+
+Stop (SIGTERM, SIGINT): stop accepting calls, give running chains
+C{shutdown_grace} seconds to finish, send ``close-session`` to every
+session, write the store, exit 0.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import signal
+from typing import Any, Callable
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -13,12 +25,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-
 from twisted.python.failure import Failure
 
+from callhome import config as config_module
 from callhome.config import Config
 from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.manager import Manager
+from callhome.metrics import Metrics
+from callhome.registry import Registry
+from callhome.store import Store
+
+#: seconds between retention passes over the store.
+RETENTION_INTERVAL = 3600.0
 
 
 class EndpointListener(Service):
@@ -49,10 +67,14 @@ class EndpointListener(Service):
         self.port = outcome  # type: ignore[assignment]
 
     def stopService(self) -> defer.Deferred[None] | None:
-        """Stop accepting calls on this endpoint."""
+        """Stop accepting on this endpoint (connections already made stay)."""
         super().stopService()
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None else None
+
+
+class ReloadError(Exception):
+    """A reload was refused; the running config is unchanged."""
 
 
 class CallHomeService(MultiService):
@@ -60,58 +82,252 @@ class CallHomeService(MultiService):
     Listens on every configured endpoint and serves the calls.
 
     @ivar manager: serves the calls.
-    @ivar listeners: one endpoint service per ``listen:`` entry.
+    @ivar listeners: endpoint description -> its listener, one per ``listen:`` entry.
+    @ivar api: the management API's listener, if enabled.
+    @ivar store: the database.
     """
 
     log = Logger(namespace="callhome")
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, handle_signals: bool = False) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.manager = Manager(config, reactor)
+        self.handle_signals = handle_signals
+        self.stopping = False
+        self.store = Store(config.store.database, reactor)
+        snapshot = self.store.open()
+        self.metrics = Metrics()
+        registry = Registry(config, reactor, store=self.store, snapshot=snapshot)
+        self.manager = Manager(config, reactor, registry=registry, store=self.store, metrics=self.metrics)
         self.factory = CallHomeFactory(self.manager)
         for warning in config.warnings:
             self.log.warn("config: {warning}", warning=warning)
         # Registry upkeep: pick up approvals, write status, forget old blocks.
-        housekeeping = TimerService(1.0, self._housekeeping)
-        housekeeping.clock = reactor
-        housekeeping.setServiceParent(self)
-        self.listeners: list[EndpointListener] = []
+        self._timer(1.0, self._housekeeping)
+        self._timer(RETENTION_INTERVAL, self._retention)
+        self.listeners: dict[str, EndpointListener] = {}
         for description in config.listen:
-            factory: ServerFactory = self.factory
-            inner = description
-            if description.startswith("haproxy:"):
-                # Our own PROXY wrapper: admission by the device's address.
-                inner = description[len("haproxy:"):]
-                factory = ProxiedCallFactory(self.manager)
-            endpoint = serverFromString(reactor, with_backlog(inner))
-            listener = EndpointListener(description, endpoint, factory)
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+            self._add_listener(description)
+        self.api: EndpointListener | None = None
+        if config.api.listen is not None:
+            from callhome.api import api_site
+
+            endpoint = serverFromString(reactor, config.api.listen)
+            self.api = EndpointListener(config.api.listen, endpoint, api_site(self))
+            self.api.setServiceParent(self)
+
+    def _timer(self, interval: float, work: Callable[[], Any]) -> None:
+        timer = TimerService(interval, work)
+        timer.clock = self.reactor
+        timer.setServiceParent(self)
+
+    def _listener(self, description: str) -> EndpointListener:
+        factory: ServerFactory = self.factory
+        inner = description
+        if description.startswith("haproxy:"):
+            # Our own PROXY wrapper: admission by the device's address.
+            inner = description[len("haproxy:"):]
+            factory = ProxiedCallFactory(self.manager)
+        endpoint = serverFromString(self.reactor, with_backlog(inner))
+        return EndpointListener(description, endpoint, factory)
+
+    def _add_listener(self, description: str) -> EndpointListener:
+        listener = self._listener(description)
+        listener.setServiceParent(self)
+        self.listeners[description] = listener
+        return listener
 
     def _housekeeping(self) -> None:
         self.manager.registry.tick()
         self.manager.admission.prune()
 
+    def _retention(self) -> defer.Deferred[int] | None:
+        store = self.config.store
+        if store.retention_days is None and store.retention_per_device is None:
+            return None
+        pruned = self.store.prune(store.retention_days, store.retention_per_device)
+
+        def report(count: int) -> int:
+            if count:
+                self.log.info("retention: deleted {count} old results", count=count)
+            return count
+
+        pruned.addCallback(report)
+        pruned.addErrback(lambda f: self.log.failure("retention pass failed", f))
+        return pruned
+
     def addresses(self) -> list[object]:
-        """The bound address of every listener (e.g. to learn a tcp:0 port)."""
-        return [l.port.getHost() for l in self.listeners if l.port is not None]
+        """The bound address of every call-home listener (e.g. to learn a tcp:0 port)."""
+        return [l.port.getHost() for l in self.listeners.values() if l.port is not None]
+
+    def api_address(self) -> object | None:
+        """The API's bound address, if it listens."""
+        return self.api.port.getHost() if self.api is not None and self.api.port is not None else None
+
+    # --- start -------------------------------------------------------------------------
 
     def startService(self) -> None:
         """Start listening; say where and for how many devices."""
         super().startService()
+        api = self.api_address()
         self.log.info(
-            "callhome listening on {endpoints} for {count} devices; results in {results_dir}",
-            endpoints=", ".join(f"{getattr(a, 'host', a)}:{getattr(a, 'port', '')}" for a in self.addresses()),
-            count=len(self.config.devices),
+            "callhome listening on {endpoints} for {count} devices; results in {results_dir}; "
+            "database {database}; API {api}",
+            endpoints=", ".join(_show(a) for a in self.addresses()),
+            count=len(self.manager.registry.devices()),
             results_dir=str(self.config.results_dir),
+            database=str(self.config.store.database),
+            api=_show(api) if api is not None else "off",
         )
+        self.manager.event("started", "service started")
+        if self.handle_signals:
+            # After the reactor's own handlers are in place, or they would
+            # replace ours: twistd re-raises SIGTERM after the reactor
+            # stops (exit status 143); ours stops the reactor gracefully
+            # and lets twistd exit 0.
+            self.reactor.callWhenRunning(self._install_signal_handlers)
+
+    def _install_signal_handlers(self) -> None:
+        def stop(number: int, frame: Any) -> None:
+            self.reactor.callFromThread(self._stop_on_signal, signal.Signals(number).name)
+
+        def reload(number: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload_logged, "SIGHUP")
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _stop_on_signal(self, name: str) -> None:
+        self.log.info("{signal}: stopping gracefully (grace {grace:g}s)", signal=name, grace=self.config.shutdown_grace)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    # --- reload ---------------------------------------------------------------------------
+
+    def reload_logged(self, why: str) -> dict[str, Any] | None:
+        """Reload, logging a refusal instead of raising it."""
+        try:
+            return self.reload(why)
+        except ReloadError as e:
+            self.log.error("reload ({why}) refused, running config kept: {error}", why=why, error=str(e))
+            return None
+
+    def reload(self, why: str = "request") -> dict[str, Any]:
+        """
+        Re-read the config file and apply it; return what changed.
+
+        @raises ReloadError: the config is bad or a new listener cannot
+            bind; nothing was changed.
+        """
+        try:
+            new = config_module.load(self.config.source)
+        except config_module.ConfigError as e:
+            self.manager.event("reload-refused", f"config error: {e}")
+            raise ReloadError(f"config error: {e}") from None
+        except OSError as e:
+            raise ReloadError(f"cannot read {self.config.source}: {e.strerror}") from None
+        old = self.config
+        added = [d for d in new.listen if d not in self.listeners]
+        removed = [d for d in self.listeners if d not in new.listen]
+        bound: list[EndpointListener] = []
+        for description in added:
+            listener = self._listener(description)
+            try:
+                listener.setServiceParent(self)  # binds now: the service is running
+            except Exception as e:
+                for done in [listener, *bound]:
+                    if done.running:
+                        done.stopService()
+                    done.disownServiceParent()
+                self.manager.event("reload-refused", f"cannot listen on {description}: {e}")
+                raise ReloadError(f"cannot listen on {description}: {e}") from None
+            bound.append(listener)
+        # From here on nothing can fail: apply it all.
+        for listener in bound:
+            self.listeners[listener.description] = listener
+        for description in removed:
+            listener = self.listeners.pop(description)
+            listener.stopService()
+            listener.disownServiceParent()
+        for warning in new.warnings:
+            self.log.warn("config: {warning}", warning=warning)
+        self.config = new
+        self.manager.reconfigure(new)
+        restart = [
+            key for key, changed in (
+                ("api", old.api != new.api),
+                ("store.database", old.store.database != new.store.database),
+                ("log", old.log_format != new.log_format),
+            ) if changed
+        ]
+        summary = {
+            "listeners_added": added,
+            "listeners_removed": removed,
+            "devices": len(self.manager.registry.devices()),
+            "chains": sorted(new.chains),
+            "needs_restart": restart,
+        }
+        self.log.info(
+            "config reloaded ({why}): {devices} devices, listeners +{added} -{removed}{restart}",
+            why=why, devices=summary["devices"], added=added or "[]", removed=removed or "[]",
+            restart=f"; {', '.join(restart)} changed: takes effect after a restart" if restart else "",
+        )
+        self.manager.event("reload", f"config reloaded ({why})", data=summary)
+        return summary
+
+    # --- stop ------------------------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred[None]:
-        """Stop accepting calls, then close every open session."""
-        stopped = defer.maybeDeferred(super().stopService)
+        """
+        Stop accepting calls, let running chains finish (up to
+        C{shutdown_grace}), close every session with close-session, write
+        the store, then stop the API.
+        """
+        self.stopping = True
+        stops = [defer.maybeDeferred(l.stopService) for l in self.listeners.values()]
+        stopped: defer.Deferred[Any] = defer.DeferredList(stops, consumeErrors=True)
+        stopped.addCallback(lambda _: self._wait_for_chains())
         stopped.addCallback(lambda _: self.manager.close_all())
-        stopped.addCallback(lambda _: self.manager.registry.save(force=True))
-        stopped.addCallback(lambda _: None)
+        stopped.addCallback(lambda _: self.manager.drained(timeout=10.0))
+        stopped.addCallback(lambda _: self._final_write())
+        stopped.addBoth(lambda result: self._stop_rest(result))
         return stopped
+
+    def _wait_for_chains(self) -> defer.Deferred[Any] | None:
+        running = list(self.manager.chains)
+        if not running:
+            return None
+        grace = self.config.shutdown_grace
+        self.log.info("waiting up to {grace:g}s for {count} running chains", grace=grace, count=len(running))
+        waiting: defer.Deferred[Any] = defer.DeferredList(running, consumeErrors=True)
+        waiting.addTimeout(grace, self.reactor)
+
+        def late(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            self.log.warn(
+                "{count} chains still running after {grace:g}s (shutdown_grace): closing their sessions",
+                count=len(self.manager.chains), grace=grace,
+            )
+
+        waiting.addErrback(late)
+        return waiting
+
+    def _final_write(self) -> defer.Deferred[None]:
+        self.manager.registry.save()
+        self.manager.event("stopped", "service stopped", counts=dict(self.manager.counts))
+        return self.store.close()
+
+    def _stop_rest(self, result: Any) -> defer.Deferred[Any]:
+        if isinstance(result, Failure):
+            self.log.failure("error while stopping", result)
+        # The timers and the API; listeners are stopped already.
+        rest = [s for s in self if s not in self.listeners.values() and s.running]
+        Service.stopService(self)
+        return defer.DeferredList([defer.maybeDeferred(s.stopService) for s in reversed(rest)], consumeErrors=True)
+
+
+def _show(address: Any) -> str:
+    host = getattr(address, "host", None)
+    return f"{host}:{address.port}" if host is not None else str(address)

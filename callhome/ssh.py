@@ -23,7 +23,9 @@ transport hands the session to its :class:`CallHandler` (the manager).
 
 from __future__ import annotations
 
+import itertools
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -119,6 +121,17 @@ class CallRecord:
     outcome: str = "open"
     #: the chain's step outcomes (L{callhome.actions.runner.StepOutcome}).
     steps: list[Any] = field(default_factory=list)
+    #: this call's id: tags its results and events (unique across restarts).
+    id: str = field(default_factory=lambda: next_call_id())
+
+
+_BOOT = f"{int(time.time()):x}"
+_call_numbers = itertools.count(1)
+
+
+def next_call_id() -> str:
+    """A new call id: the service's start time and a counter, e.g. 6745a1b2-17."""
+    return f"{_BOOT}-{next(_call_numbers)}"
 
 
 class CallHomeTransport(transport.SSHClientTransport):
@@ -150,6 +163,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         self._idle_timer: IDelayedCall | None = None
         self.keepalive: Keepalive | None = None
         self._candidate: "Device | None" = None
+        self.bytes_received = 0
 
     def connectionMade(self) -> None:
         """Start the call: version, KEXINIT, and the handshake deadline."""
@@ -273,6 +287,7 @@ class CallHomeTransport(transport.SSHClientTransport):
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the device: the session is not idle."""
+        self.bytes_received += len(data)
         if self._idle_timer is not None:
             self._idle_timer.reset(self.idle_timeout)
         super().dataReceived(data)

@@ -4,12 +4,16 @@ twistd integration: ``twistd -n callhome -c etc/config.yaml``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from callhome import config as config_module
+from callhome.logs import json_observer
 from callhome.service import CallHomeService
+from callhome.store import StoreError
 
 
 class Options(usage.Options):
@@ -19,7 +23,7 @@ class Options(usage.Options):
     longdesc = (
         "NETCONF Call Home manager (RFC 8071): accepts SSH call-home "
         "connections, identifies each device by its host key and runs its "
-        "action chain."
+        "action chain.  SIGHUP reloads the config; SIGTERM stops gracefully."
     )
     optParameters = [
         ["config", "c", "etc/config.yaml", "Path to the YAML configuration file."],
@@ -34,11 +38,26 @@ class Options(usage.Options):
             raise usage.UsageError(f"config error: {e}") from None
 
 
+class _Service(CallHomeService):
+    """The service as twistd runs it: a JSON log observer if configured."""
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """twistd's application takes our log observer, when the config asks for JSON."""
+        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, json_observer())
+        return super().setServiceParent(parent)
+
+
 def makeService(options: Options, reactor: Any = None) -> CallHomeService:
-    """Build the service from parsed options."""
+    """Build the service from parsed options (signals handled: reload, graceful stop)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     parsed = options.get("parsed") or config_module.load(options["config"])
-    return CallHomeService(parsed, reactor)
+    try:
+        return _Service(parsed, reactor, handle_signals=True)
+    except StoreError as e:
+        # Like a config error: one line, no traceback.
+        sys.stderr.write(f"callhome: {e}\n")
+        raise SystemExit(1) from None

@@ -43,6 +43,18 @@ def make_config(
     listen: str = "tcp:0:interface=127.0.0.1",
 ) -> config_module.Config:
     """A config for devices known by these host keys, all with C{credentials}."""
+    return config_module.loads(config_text(tmp, device_keys, credentials, chain, extra, listen))
+
+
+def config_text(
+    tmp: Path,
+    device_keys: dict[str, keys.Key],
+    credentials: str,
+    chain: str = "[{get: {}}]",
+    extra: str = "",
+    listen: str = "tcp:0:interface=127.0.0.1",
+) -> str:
+    """The YAML of L{make_config}."""
     devices = "\n".join(
         f"  - name: {name}\n    host_keys: [\"{fingerprints.of_key(key)}\"]"
         for name, key in device_keys.items()
@@ -51,6 +63,8 @@ def make_config(
 listen: ["{listen}"]
 results_dir: {tmp / "results"}
 state_dir: {tmp / "state"}
+store: {{database: {tmp / "callhome.sqlite"}}}
+api: {{listen: "tcp:0:interface=127.0.0.1"}}
 defaults:
   username: admin
   {credentials}
@@ -61,7 +75,7 @@ chains:
   main: {chain}
 {extra}
 """
-    return config_module.loads(text)
+    return text
 
 
 class InMemoryCall:

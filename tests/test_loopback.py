@@ -42,6 +42,8 @@ class ServiceTestCase(TestCase):
             f"""
 listen: ["tcp:0:interface=127.0.0.1"]
 results_dir: {tmp / 'results'}
+store: {{database: {tmp / 'callhome.sqlite'}}}
+api: {{listen: "tcp:0:interface=127.0.0.1"}}
 defaults: {{username: admin, private_key: {manager_key}, chain: main}}
 {devices_yaml}
 chains: {{main: {chain}}}

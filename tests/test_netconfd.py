@@ -150,6 +150,8 @@ class NetconfdCallHomeTests(unittest.TestCase):
             "listen": [f"tcp:{self.port}:interface=127.0.0.1"],
             "results_dir": str(self.results),
             "state_dir": str(self.root / "state"),
+            "store": {"database": str(self.root / "callhome.sqlite")},
+            "api": {"listen": "tcp:0:interface=127.0.0.1"},
             "defaults": {
                 "username": device.username,
                 "private_key": str(private_key or self.key_path),

@@ -53,6 +53,8 @@ class NetconfdActionTests(TestCase):
 listen: ["tcp:{self.port}:interface=127.0.0.1"]
 results_dir: {self.tmp}/results
 state_dir: {self.tmp}/state
+store: {{database: {self.tmp}/callhome.sqlite}}
+api: {{listen: "tcp:0:interface=127.0.0.1"}}
 defaults: {{username: root, private_key: {self.key}}}
 netconf: {{rpc_timeout: 10}}
 devices:

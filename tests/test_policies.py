@@ -14,7 +14,7 @@ from callhome.admission import Admission
 from callhome.config import AdmissionSettings
 from callhome.registry import Registry
 from callhome.simulator.ssh_server import DeviceTransport
-from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, config_text, device_factory, make_config, memory_manager, new_key, write_key
 from tests.test_hostile import Stalls
 
 MSG_SERVICE_REQUEST = 5
@@ -81,9 +81,10 @@ class PolicyTests(SynchronousTestCase):
     def test_quarantine_then_enroll_without_restart(self):
         """
         quarantine: an unknown key is refused without credentials and listed;
-        once approved (enrolled.json) the next call is served, no restart.
+        once approved (what the API's approve does) the next call is served,
+        no restart.
         """
-        import json
+        from callhome.registry import EnrollmentError
 
         stranger = new_key()
         config = self.config("unknown_devices: quarantine")
@@ -94,23 +95,36 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(call.call.call.reason, "unknown host key (quarantined)")
         (pending,) = manager.registry.pending.values()
         self.assertEqual(pending.key_type, "ssh-ed25519")
-        manager.registry.save()
-        saved = json.loads((config.state_dir / "quarantine.json").read_text())
-        self.assertIn(pending.fingerprint, saved)
 
-        from callhome.cli import approve
+        registry = manager.registry
+        self.assertRaises(EnrollmentError, registry.approve, pending.fingerprint, "edge-1")  # name taken
+        self.assertRaises(EnrollmentError, registry.approve, pending.fingerprint, "new-box", "nope")  # no such group
+        registry.approve(pending.fingerprint, "new-box")
+        self.assertEqual(registry.pending, {})
+        again = InMemoryCall(manager, device_factory(stranger, [self.manager_key]))
+        again.run()
+        self.assertEqual(again.call.call.outcome, "ok", again.call.call.reason)
+        self.assertTrue(list((self.tmp / "results" / "new-box").glob("*-get.xml")))
 
-        self.assertEqual(approve(config, pending.fingerprint, "edge-1", None), 2, "name taken")
-        self.assertEqual(approve(config, pending.fingerprint, "new-box", "nope"), 2, "no such group")
-        self.assertEqual(approve(config, pending.fingerprint, "new-box", None), 0)
-        enrolled = json.loads((config.state_dir / "enrolled.json").read_text())
-        self.assertEqual([e["name"] for e in enrolled], ["new-box"])
+    def test_offline_approval_through_enrolled_json(self):
+        """callhome approve --offline writes enrolled.json; the registry applies it."""
+        from callhome.cli import CliError, approve_offline
+
+        stranger = new_key()
+        config = self.config("unknown_devices: quarantine")
+        manager = memory_manager(config)
+        InMemoryCall(manager, device_factory(stranger, [self.manager_key])).run()
+        (pending,) = manager.registry.pending.values()
+        path = self.tmp / "config.yaml"
+        path.write_text(config_text(self.tmp, {"edge-1": self.device_key}, f"private_key: {self.key_path}", extra="unknown_devices: quarantine"))
+        with self.assertRaises(CliError):
+            approve_offline(str(path), pending.fingerprint, "edge-1", None)
+        self.assertEqual(approve_offline(str(path), pending.fingerprint, "new-box", None), 0)
         manager.registry.tick()
         self.assertEqual(manager.registry.pending, {})
         again = InMemoryCall(manager, device_factory(stranger, [self.manager_key]))
         again.run()
         self.assertEqual(again.call.call.outcome, "ok", again.call.call.reason)
-        self.assertTrue(list((self.tmp / "results" / "new-box").glob("*-get.xml")))
 
     def test_accept_runs_defaults(self):
         """accept (lab only): an unknown device is served with the defaults."""
@@ -200,25 +214,6 @@ class PolicyTests(SynchronousTestCase):
             call.run()
         self.assertEqual(call.call.call.outcome, "idle-timeout")
         self.assertIn("nothing received from the device for 20s", call.call.call.reason)
-
-
-class RegistryPersistenceTests(SynchronousTestCase):
-    """Status and quarantine survive a restart; nothing is 'connected' after one."""
-
-    def test_round_trip(self):
-        tmp = Path(self.mktemp())
-        key = write_key(tmp, "k", new_key())
-        config = make_config(tmp, {"edge-1": new_key()}, f"private_key: {key}")
-        clock = MemoryReactorClock()
-        registry = Registry(config, clock)
-        registry.transition(config.devices[0], "connecting", source="10.0.0.1:1", fingerprint="SHA256:x")
-        registry.transition(config.devices[0], "connected")
-        registry.quarantine("SHA256:" + "A" * 43, "ssh-ed25519", "10.0.0.2:2")
-        registry.save()
-        again = Registry(config, clock)
-        self.assertEqual(again.status["edge-1"].status, "disconnected")
-        self.assertEqual(again.status["edge-1"].calls, 1)
-        self.assertEqual(list(again.pending), ["SHA256:" + "A" * 43])
 
 
 class AdmissionTests(SynchronousTestCase):

@@ -46,8 +46,9 @@ class TapTests(SynchronousTestCase):
         service = tap.makeService(options, reactor=reactor)
         self.assertIsInstance(service, CallHomeService)
         service.startService()
-        ((port, factory, backlog, interface),) = reactor.tcpServers
+        ((port, factory, backlog, interface), api) = reactor.tcpServers
         self.assertEqual((port, backlog), (4334, 1024))
+        self.assertEqual((api[0], api[3]), (8080, "127.0.0.1"), "the API listens on loopback by default")
 
     def test_bad_config_is_a_usage_error(self):
         """A config error reaches twistd as one line naming the key path."""
@@ -87,7 +88,9 @@ class ListenerWiringTests(SynchronousTestCase):
         from callhome.listener import CallHomeFactory, ProxiedCallFactory
 
         tmp = Path(self.mktemp())
-        config = config_module.loads(f"listen: [tcp:4334, 'haproxy:tcp:4335']\nstate_dir: {tmp}/state\n")
+        config = config_module.loads(
+            f"listen: [tcp:4334, 'haproxy:tcp:4335']\nstate_dir: {tmp}/state\nstore: {{database: {tmp}/db.sqlite}}\napi: {{listen: null}}\n"
+        )
         reactor = MemoryReactorClock()
         service = CallHomeService(config, reactor)
         service.startService()

@@ -65,6 +65,7 @@ class ActionContext:
     @ivar notifications: where a ``subscribe`` step sends the device's
         notifications (the manager saves them and runs ``on_notification``).
     @ivar notification: in an ``on_notification`` chain, the notification.
+    @ivar step_done: told each step's outcome as it ends (metrics).
     """
 
     device: "Device"
@@ -76,6 +77,7 @@ class ActionContext:
     stop: bool = False
     notifications: Callable[[Any, bytes], None] | None = None
     notification: Any = None
+    step_done: Callable[[Any], None] | None = None
 
 
 ActionResult = Union[Any, Deferred, Awaitable[Any]]

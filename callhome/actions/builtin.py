@@ -348,7 +348,7 @@ class GetSchema:
                 data = reply.root.find(xml.qname("data"))
             text = (data.text or "") if data is not None else ""
             name = f"{identifier}@{version}.yang" if version else f"{identifier}.yang"
-            saved.append(context.results.save_file(context.device.name, f"schemas/{name}", text.encode("utf-8")))
+            saved.append(context.results.save_file(context.device.name, f"schemas/{name}", text.encode("utf-8"), action="get-schema"))
         if self.modules is not None:
             missing = self.modules - {i for i, _ in wanted}
             if missing:

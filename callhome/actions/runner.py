@@ -93,6 +93,8 @@ def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime
                     index=index, action=step.name, device=context.device.name, duration=duration,
                 )
             context.outcomes.append(outcome)
+            if context.step_done is not None:
+                context.step_done(outcome)
 
         d.addBoth(record)
         return d

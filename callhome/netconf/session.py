@@ -15,9 +15,10 @@ waiting then fails with :class:`SessionClosed`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 
 from lxml import etree
 from twisted.internet import defer
@@ -89,6 +90,18 @@ class RPCReply:
 NotificationHandler = Callable[[etree._Element, bytes], None]
 
 
+_FIRST_TAG = re.compile(rb"<\s*(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)")
+
+
+def operation_name(operation: etree._Element | bytes | str) -> str:
+    """The local name of an operation (``get``, ``edit-config``...), for metrics."""
+    if isinstance(operation, etree._Element):
+        return etree.QName(operation).localname
+    text = operation.encode("utf-8") if isinstance(operation, str) else operation
+    match = _FIRST_TAG.search(text[:512])
+    return match.group(1).decode("ascii", "replace") if match else "unknown"
+
+
 class NetconfSession(Protocol):
     """
     One NETCONF client session.
@@ -138,6 +151,9 @@ class NetconfSession(Protocol):
         self._abandoned: set[str] = set()
         self._hello_timer: IDelayedCall | None = None
         self._connected = False
+        #: told (operation, outcome, seconds) as each RPC ends: outcome is
+        #: ok, rpc-error, timeout, closed or cancelled (metrics).
+        self.on_rpc_done: Callable[[str, str, float], None] | None = None
 
     # --- Protocol -------------------------------------------------------------
 
@@ -259,7 +275,25 @@ class NetconfSession(Protocol):
 
         deferred.addTimeout(seconds, self.clock)
         deferred.addErrback(timed_out)
+        if self.on_rpc_done is not None:
+            deferred.addBoth(self._report_rpc, operation_name(operation), self.clock.seconds())
         return deferred
+
+    def _report_rpc(self, result: Any, operation: str, started: float) -> Any:
+        if isinstance(result, Failure):
+            if result.check(xml.RPCError):
+                outcome = "rpc-error"
+            elif result.check(RPCTimeout):
+                outcome = "timeout"
+            elif result.check(defer.CancelledError):
+                outcome = "cancelled"
+            else:
+                outcome = "closed"
+        else:
+            outcome = "ok"
+        assert self.on_rpc_done is not None
+        self.on_rpc_done(operation, outcome, self.clock.seconds() - started)
+        return result
 
     def close(self, timeout: float = 10.0) -> defer.Deferred[str]:
         """
@@ -383,6 +417,7 @@ class NetconfSession(Protocol):
         if fatal:
             first = fatal[0]
             first.errors = errors
+            first.reply = raw
             deferred.errback(first)
         else:
             deferred.callback(RPCReply(message_id, raw, root, errors, scanned))

@@ -281,6 +281,8 @@ class RPCError(Exception):
     message: str | None = None
     info: dict[str, str] = field(default_factory=dict)
     errors: list["RPCError"] = field(default_factory=list, repr=False)
+    #: the whole <rpc-reply> as received (set by the session).
+    reply: bytes | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         text = f"rpc-error {self.type}/{self.tag}"

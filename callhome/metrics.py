@@ -1,0 +1,92 @@
+"""
+Prometheus metrics of one service (``GET /metrics``).
+
+Each service has its own C{CollectorRegistry}, so two services in one
+process (tests, benchmarks) do not mix their figures.  Gauges that mirror
+live state (handshakes in progress, open sessions) are read when scraped
+rather than kept up to date on every change.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+#: RPC latency buckets (seconds): from a LAN device's get to a slow commit.
+RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The counters, gauges and histograms the service keeps."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls_accepted = Counter("callhome_calls_accepted", "Connections admitted for an SSH handshake", registry=r)
+        self.calls_refused = Counter("callhome_calls_refused", "Calls refused, by reason", ["reason"], registry=r)
+        self.calls_finished = Counter("callhome_calls_finished", "Calls ended, by outcome", ["outcome"], registry=r)
+        self.auth_failures = Counter("callhome_auth_failures", "Calls whose SSH login failed", registry=r)
+        self.rpcs = Counter("callhome_rpcs", "NETCONF RPCs sent, by operation and outcome", ["operation", "outcome"], registry=r)
+        self.rpc_latency = Histogram(
+            "callhome_rpc_duration_seconds", "Time from sending an RPC to its reply", ["operation"],
+            buckets=RPC_BUCKETS, registry=r,
+        )
+        self._bytes = _FunctionCounter("callhome_bytes_received", "Bytes received from devices (SSH wire bytes)")
+        r.register(self._bytes)
+        self.chain_steps = Counter("callhome_chain_steps", "Chain steps run, by action and outcome", ["action", "outcome"], registry=r)
+        self.notifications = Counter("callhome_notifications_received", "NETCONF notifications received", registry=r)
+        self.results_saved = Counter("callhome_results_saved", "Result files written", registry=r)
+        self.handshakes = Gauge("callhome_handshakes_in_progress", "Connections not yet authenticated", registry=r)
+        self.sessions = Gauge("callhome_sessions_open", "Calls connected now (any stage)", registry=r)
+        self.devices = Gauge("callhome_devices_known", "Devices the service accepts (configured and enrolled)", registry=r)
+        self.quarantined = Gauge("callhome_devices_quarantined", "Unknown host keys waiting for approval", registry=r)
+
+    def live(
+        self,
+        handshakes: Callable[[], float],
+        sessions: Callable[[], float],
+        devices: Callable[[], float],
+        quarantined: Callable[[], float],
+        bytes_received: Callable[[], float],
+    ) -> None:
+        """Read these from the running service when scraped."""
+        self._bytes.read = bytes_received
+        self.handshakes.set_function(handshakes)
+        self.sessions.set_function(sessions)
+        self.devices.set_function(devices)
+        self.quarantined.set_function(quarantined)
+
+    def rpc_done(self, operation: str, outcome: str, seconds: float) -> None:
+        """Count one RPC: C{outcome} is ok, rpc-error, timeout or lost."""
+        self.rpcs.labels(operation, outcome).inc()
+        self.rpc_latency.labels(operation).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)
+
+
+class _FunctionCounter(Collector):
+    """
+    A counter read from the service when scraped: the byte count is kept
+    as a plain integer on each call (no lock per read from the socket).
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], float] = lambda: 0.0
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = CounterMetricFamily(self.name, self.documentation)
+        family.add_metric([], self.read())
+        yield family
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        yield CounterMetricFamily(self.name, self.documentation)

@@ -1,0 +1,345 @@
+"""
+The store: results metadata, events, notifications, device status,
+quarantine and enrollments in SQLite.
+
+Result payloads stay files in ``results_dir`` (written atomically by
+L{callhome.results.ResultsWriter}); the database keeps their metadata
+(device, action, time, size, SHA-256, session) so the API can list and serve
+them.
+
+The reactor never waits on the database.  Writes are queued in memory and
+written in one transaction every C{flush_interval} seconds (or sooner when
+the queue is long) by C{twisted.enterprise.adbapi} on its one database
+thread; reads go through the same thread, after the queued writes, so the
+API reads what the service has written.  The only blocking access is at
+start-up, before anything is served: the schema is created or upgraded and
+the registry's state is read (L{Store.open}).
+
+The schema carries its version in the C{schema_version} table; L{MIGRATIONS}
+are applied in order, each in its own transaction, so a database from any
+earlier release is upgraded in place.  A database from a newer release is
+refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+#: ordered schema migrations: (version, statements).  Never edit a released
+#: entry; append a new one.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, (
+        "CREATE TABLE devices (name TEXT PRIMARY KEY, status TEXT NOT NULL, last_seen REAL,"
+        " last_source TEXT, calls INTEGER NOT NULL DEFAULT 0, last_error TEXT, fingerprint TEXT)",
+        "CREATE TABLE quarantine (fingerprint TEXT PRIMARY KEY, key_type TEXT NOT NULL,"
+        " first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_source TEXT, times_seen INTEGER NOT NULL)",
+        "CREATE TABLE enrollments (fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+        " grp TEXT, approved_at REAL NOT NULL)",
+        "CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,"
+        " action TEXT NOT NULL, time REAL NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,"
+        " sha256 TEXT NOT NULL)",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
+        " device TEXT, kind TEXT NOT NULL, message TEXT NOT NULL)",
+    )),
+    # 2: results know the call (session) they came from; events carry
+    # structured data; listing by device stays fast with many rows.
+    (2, (
+        "ALTER TABLE results ADD COLUMN session TEXT",
+        "ALTER TABLE events ADD COLUMN data TEXT",
+        "CREATE INDEX results_by_device ON results (device, id)",
+        "CREATE INDEX events_by_device ON events (device, id)",
+        "CREATE INDEX events_by_time ON events (time)",
+    )),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+#: queued writes that trigger a flush before the interval is up.
+FLUSH_BATCH = 500
+
+
+class StoreError(Exception):
+    """The database cannot be used (unreadable, or from a newer release)."""
+
+
+@dataclass
+class Snapshot:
+    """What the registry needs at start-up, read from the database."""
+
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    enrollments: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
+    _configure(connection)
+    return connection
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    # WAL: readers (the API, a backup with sqlite3 .backup) never block the
+    # writer; NORMAL sync is durable across a process crash, which is what
+    # a graceful shutdown needs.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    """The schema version of a database (0 for an empty one)."""
+    exists = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+    ).fetchone()
+    if not exists:
+        return 0
+    row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(connection: sqlite3.Connection, upto: int = SCHEMA_VERSION, log: Logger | None = None) -> int:
+    """
+    Bring a database's schema to version C{upto}; return the version it had.
+
+    @raises StoreError: if the database is newer than this code.
+    """
+    found = schema_version(connection)
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {found} is newer than this callhome understands "
+            f"({SCHEMA_VERSION}): upgrade callhome or restore a backup"
+        )
+    for version, statements in MIGRATIONS:
+        if version <= found or version > upto:
+            continue
+        with connection:  # one transaction per migration: all of it or none
+            if version == 1:
+                connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
+            for statement in statements:
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
+        if log is not None:
+            log.info("database schema upgraded to version {version}", version=version)
+    return found
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+class Store:
+    """
+    The service's database.
+
+    @ivar path: the SQLite file.
+    @ivar pending: writes queued for the next flush, as (SQL, parameters).
+    """
+
+    log = Logger(namespace="callhome.store")
+
+    def __init__(self, path: str | os.PathLike[str], reactor: Any, flush_interval: float = 0.5, clock: IReactorTime | None = None) -> None:
+        self.path = Path(path)
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.flush_interval = flush_interval
+        self.pending: list[tuple[str, Sequence[Any]]] = []
+        self._timer: Any = None
+        self._flushing: defer.Deferred[None] | None = None
+        self._pool: adbapi.ConnectionPool | None = None
+        self.writes = 0
+
+    # --- start-up (blocking, before anything is served) ----------------------------
+
+    def open(self) -> Snapshot:
+        """
+        Create or upgrade the schema, read the registry's state, and start
+        the database thread.
+
+        @raises StoreError: if the database cannot be opened or is too new.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = _connect(str(self.path))
+            try:
+                found = migrate(connection, log=self.log)
+                if found == 0:
+                    self.log.info("created database {path} (schema version {version})", path=str(self.path), version=SCHEMA_VERSION)
+                snapshot = Snapshot(
+                    devices=_rows(connection.execute("SELECT * FROM devices")),
+                    quarantine=_rows(connection.execute("SELECT * FROM quarantine")),
+                    enrollments=_rows(connection.execute("SELECT fingerprint, name, grp AS 'group', approved_at FROM enrollments")),
+                )
+            finally:
+                connection.close()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {self.path}: {e}") from None
+        # One connection on one thread: SQLite has one writer anyway, and a
+        # single FIFO thread makes every read see the writes queued before it.
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3", str(self.path), check_same_thread=False, timeout=30,
+            cp_min=1, cp_max=1, cp_openfun=_configure, cp_reactor=self.reactor,
+        )
+        return snapshot
+
+    # --- writes (queued) -------------------------------------------------------------
+
+    def _queue(self, sql: str, parameters: Sequence[Any]) -> None:
+        self.pending.append((sql, parameters))
+        if len(self.pending) >= FLUSH_BATCH:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(self.flush_interval, self.flush)
+
+    def add_event(self, kind: str, message: str, device: str | None = None, data: dict[str, Any] | None = None, when: float | None = None) -> None:
+        """Record an event (a call's outcome, a quarantine, a reload...)."""
+        self._queue(
+            "INSERT INTO events (time, device, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+            (time.time() if when is None else when, device, kind, message, json.dumps(data) if data else None),
+        )
+
+    def add_result(self, device: str, action: str, path: str, size: int, sha256: str, session: str | None, when: float | None = None) -> None:
+        """Record a saved result file's metadata."""
+        self._queue(
+            "INSERT INTO results (device, action, time, path, size, sha256, session) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (device, action, time.time() if when is None else when, path, size, sha256, session),
+        )
+
+    def put_device(self, status: dict[str, Any]) -> None:
+        """Insert or replace a device's status row."""
+        self._queue(
+            "INSERT OR REPLACE INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint)"
+            " VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint)",
+            status,
+        )
+
+    def put_quarantined(self, pending: dict[str, Any]) -> None:
+        """Insert or replace a quarantined host key."""
+        self._queue(
+            "INSERT OR REPLACE INTO quarantine (fingerprint, key_type, first_seen, last_seen, last_source, times_seen)"
+            " VALUES (:fingerprint, :key_type, :first_seen, :last_seen, :last_source, :times_seen)",
+            pending,
+        )
+
+    def drop_quarantined(self, fingerprint: str) -> None:
+        """Forget a quarantined host key (approved, or evicted)."""
+        self._queue("DELETE FROM quarantine WHERE fingerprint = ?", (fingerprint,))
+
+    def put_enrollment(self, fingerprint: str, name: str, group: str | None, approved_at: float) -> None:
+        """Record an approved device."""
+        self._queue(
+            "INSERT OR REPLACE INTO enrollments (fingerprint, name, grp, approved_at) VALUES (?, ?, ?, ?)",
+            (fingerprint, name, group, approved_at),
+        )
+
+    def flush(self) -> defer.Deferred[None]:
+        """Write everything queued; fires when it is in the database."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        batch, self.pending = self.pending, []
+        if not batch:
+            return self._flushing_done()
+        assert self._pool is not None, "Store.open() first"
+        written = self._pool.runInteraction(_write_batch, batch)
+
+        def done(count: int) -> None:
+            self.writes += count
+
+        def failed(failure: Any) -> None:
+            # A write that fails (disk full, database locked for 30 s) is
+            # logged with what was lost; the service goes on serving.
+            self.log.failure("cannot write {count} records to {path}", failure, count=len(batch), path=str(self.path))
+
+        written.addCallbacks(done, failed)
+        self._flushing = written
+        return self._flushing_done()
+
+    def _flushing_done(self) -> defer.Deferred[None]:
+        """A Deferred that fires once the latest flush is written."""
+        last = self._flushing
+        if last is None or last.called:
+            return defer.succeed(None)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        last.addBoth(lambda result: (waiting.callback(None), result)[1])
+        return waiting
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> defer.Deferred[list[dict[str, Any]]]:
+        """Rows as dicts, read after every write queued so far."""
+        self.flush()
+        assert self._pool is not None
+        return self._pool.runInteraction(lambda cursor: _rows(cursor.execute(sql, parameters)))
+
+    def interaction(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run C{work(cursor, *args)} on the database thread, after queued writes."""
+        self.flush()
+        assert self._pool is not None
+        return self._pool.runInteraction(work, *args)
+
+    # --- retention -----------------------------------------------------------------------
+
+    def prune(self, keep_days: float | None, keep_per_device: int | None, now: float | None = None) -> defer.Deferred[int]:
+        """
+        Delete results (rows and files) older than C{keep_days} or beyond the
+        newest C{keep_per_device} of each device, and events older than
+        C{keep_days}.  Fires with the number of results deleted.
+        """
+        if keep_days is None and keep_per_device is None:
+            return defer.succeed(0)
+        cutoff = None if keep_days is None else (time.time() if now is None else now) - keep_days * 86400
+        return self.interaction(_prune, cutoff, keep_per_device)
+
+    # --- shutdown --------------------------------------------------------------------
+
+    def close(self) -> defer.Deferred[None]:
+        """Write what is queued, then stop the database thread."""
+        flushed = self.flush()
+
+        def stop(_: object) -> None:
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                pool.close()
+
+        flushed.addBoth(stop)
+        return flushed
+
+
+def _write_batch(cursor: sqlite3.Cursor, batch: list[tuple[str, Sequence[Any]]]) -> int:
+    """Write a batch in the transaction adbapi wraps around this call."""
+    for sql, parameters in batch:
+        cursor.execute(sql, parameters)
+    return len(batch)
+
+
+def _prune(cursor: sqlite3.Cursor, cutoff: float | None, keep_per_device: int | None) -> int:
+    doomed: list[tuple[int, str]] = []
+    if cutoff is not None:
+        doomed += cursor.execute("SELECT id, path FROM results WHERE time < ?", (cutoff,)).fetchall()
+        cursor.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+    if keep_per_device is not None:
+        doomed += cursor.execute(
+            "SELECT id, path FROM (SELECT id, path, ROW_NUMBER() OVER"
+            " (PARTITION BY device ORDER BY id DESC) AS n FROM results) WHERE n > ?",
+            (keep_per_device,),
+        ).fetchall()
+    ids = sorted({row[0] for row in doomed})
+    cursor.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in ids])
+    for _, path in {row for row in doomed}:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # an operator removed it already
+    return len(ids)

@@ -1,0 +1,159 @@
+"""
+The store: schema migrations, batched writes off the reactor thread,
+registry state across restarts, retention.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
+
+from callhome import store as store_module
+from callhome.registry import Registry
+from callhome.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
+from tests.helpers import make_config, new_key, write_key
+
+
+class MigrationTests(TestCase):
+    """The service creates and upgrades its own schema."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.tmp.mkdir()
+        self.path = self.tmp / "callhome.sqlite"
+
+    def test_new_database_gets_the_latest_schema(self):
+        store = Store(self.path, reactor)
+        store.open()
+        self.addCleanup(store.close)
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(schema_version(db), SCHEMA_VERSION)
+            versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY version")]
+        self.assertEqual(versions, [v for v, _ in store_module.MIGRATIONS])
+
+    async def test_version_1_database_is_upgraded_in_place(self):
+        """
+        A database written by schema version 1 (before results had a
+        session column and events data) keeps its rows and gains the new
+        columns; the service then writes to them.
+        """
+        with sqlite3.connect(self.path) as db:
+            migrate(db, upto=1)
+            db.execute("INSERT INTO devices (name, status, calls) VALUES ('edge-1', 'failed-auth', 7)")
+            db.execute("INSERT INTO results (device, action, time, path, size, sha256) VALUES ('edge-1', 'get', 1.0, '/x', 3, 'ab')")
+            db.execute("INSERT INTO events (time, device, kind, message) VALUES (1.0, 'edge-1', 'call', 'old call')")
+        db.close()
+        store = Store(self.path, reactor)
+        snapshot = store.open()
+        self.assertEqual(snapshot.devices[0]["calls"], 7)
+        store.add_result("edge-1", "get-config", "/y", 4, "cd", "6745-1")
+        store.add_event("call", "new call", "edge-1", {"outcome": "ok"})
+        rows = await store.query("SELECT action, session FROM results ORDER BY id")
+        self.assertEqual(rows, [{"action": "get", "session": None}, {"action": "get-config", "session": "6745-1"}])
+        events = await store.query("SELECT message, data FROM events ORDER BY id")
+        self.assertEqual([e["message"] for e in events], ["old call", "new call"])
+        self.assertEqual(json.loads(events[1]["data"]), {"outcome": "ok"})
+        await store.close()
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(schema_version(db), SCHEMA_VERSION)
+
+    def test_newer_database_is_refused(self):
+        with sqlite3.connect(self.path) as db:
+            migrate(db)
+            db.execute("INSERT INTO schema_version VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+        db.close()
+        with self.assertRaises(StoreError) as caught:
+            Store(self.path, reactor).open()
+        self.assertIn(f"schema version {SCHEMA_VERSION + 1} is newer", str(caught.exception))
+
+    def test_unreadable_database_is_a_clear_error(self):
+        self.path.write_bytes(b"this is not a database" * 100)
+        with self.assertRaises(StoreError) as caught:
+            Store(self.path, reactor).open()
+        self.assertIn("cannot open database", str(caught.exception))
+
+
+class StoreTests(TestCase):
+    """Writes are batched; reads see them; state survives a restart."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        key = write_key(self.tmp, "k", new_key())
+        self.config = make_config(self.tmp, {"edge-1": new_key()}, f"private_key: {key}")
+
+    def test_writes_wait_for_the_flush(self):
+        """Nothing touches the database on the reactor thread: writes queue."""
+        clock = MemoryReactorClock()
+        store = Store(self.tmp / "db.sqlite", reactor, flush_interval=0.5, clock=clock)
+        store.open()
+        self.addCleanup(store.close)
+        for i in range(3):
+            store.add_event("call", f"call {i}")
+        self.assertEqual(len(store.pending), 3)
+        self.assertEqual(len(clock.getDelayedCalls()), 1, "one flush scheduled for the batch")
+
+    async def test_registry_state_round_trip(self):
+        """Status and quarantine survive a restart; nothing is 'connected' after one."""
+        store = Store(self.tmp / "db.sqlite", reactor)
+        registry = Registry(self.config, reactor, store=store, snapshot=store.open())
+        device = self.config.devices[0]
+        registry.transition(device, "connecting", source="10.0.0.1:1", fingerprint="SHA256:x")
+        registry.transition(device, "connected")
+        registry.quarantine("SHA256:" + "A" * 43, "ssh-ed25519", "10.0.0.2:2")
+        registry.quarantine("SHA256:" + "B" * 43, "ssh-ed25519", "10.0.0.2:2")
+        registry.approve("SHA256:" + "B" * 43, "approved-box")
+        registry.save()
+        await store.close()
+
+        again_store = Store(self.tmp / "db.sqlite", reactor)
+        again = Registry(self.config, reactor, store=again_store, snapshot=again_store.open())
+        self.addCleanup(again_store.close)
+        self.assertEqual(again.status["edge-1"].status, "disconnected")
+        self.assertEqual(again.status["edge-1"].calls, 1)
+        self.assertEqual(list(again.pending), ["SHA256:" + "A" * 43])
+        self.assertEqual(again.identify("SHA256:" + "B" * 43).name, "approved-box")
+
+    async def test_legacy_json_state_is_imported_once(self):
+        """status.json and quarantine.json from before the store are imported into an empty database."""
+        state = self.config.state_dir
+        state.mkdir(parents=True)
+        (state / "status.json").write_text(json.dumps({"edge-1": {"name": "edge-1", "status": "failed-auth", "calls": 4}}))
+        (state / "quarantine.json").write_text(json.dumps({"SHA256:q": {
+            "fingerprint": "SHA256:q", "key_type": "ssh-rsa", "first_seen": 1.0, "last_seen": 2.0, "last_source": "10.0.0.9:1", "times_seen": 2}}))
+        store = Store(self.tmp / "db.sqlite", reactor)
+        registry = Registry(self.config, reactor, store=store, snapshot=store.open())
+        self.assertEqual(registry.status["edge-1"].status, "failed-auth")
+        registry.save()
+        rows = await store.query("SELECT name, status, calls FROM devices")
+        self.assertEqual(rows, [{"name": "edge-1", "status": "failed-auth", "calls": 4}])
+        self.assertEqual(len(await store.query("SELECT * FROM quarantine")), 1)
+        await store.close()
+
+    async def test_retention_by_count_and_age(self):
+        """Old results go (rows and files); the newest N per device stay."""
+        store = Store(self.tmp / "db.sqlite", reactor)
+        store.open()
+        self.addCleanup(store.close)
+        files = []
+        for i in range(5):
+            path = self.tmp / f"r{i}.xml"
+            path.write_text("x")
+            files.append(path)
+            store.add_result("edge-1", "get", str(path), 1, "00", None, when=1000.0 + i)
+        other = self.tmp / "other.xml"
+        other.write_text("y")
+        store.add_result("edge-2", "get", str(other), 1, "00", None, when=5000.0)
+        store.add_event("call", "ancient", when=10.0)
+        deleted = await store.prune(None, 2)
+        self.assertEqual(deleted, 3)
+        self.assertEqual([p.exists() for p in files], [False, False, False, True, True])
+        deleted = await store.prune(1.0, None, now=1003.5 + 86400)  # r3 is older than a day then
+        self.assertEqual(deleted, 1, "r3 is older than a day; r4 is not")
+        self.assertEqual([p.exists() for p in files], [False] * 4 + [True])
+        self.assertTrue(other.exists())
+        self.assertEqual(await store.query("SELECT message FROM events"), [])
