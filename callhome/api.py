@@ -143,22 +143,22 @@ class ManagementApi(Resource):
         return NOT_DONE_YET
 
     def _dispatch(self, request: Request) -> Any:
-        raw_path = request.path.split(b"?", 1)[0]
-        segments = [unquote(s.decode("utf-8", "replace")) for s in raw_path.split(b"/")[1:]]
-        path = "/" + "/".join(segments)
+        # Match the path as sent, then decode each captured segment: a
+        # fingerprint's "/" travels as %2F and must not split the path.
+        path = request.path.split(b"?", 1)[0].decode("latin-1")
         method = request.method
         matched = [(m, p, h) for m, p, h in self.routes if p.match(path)]
         if not matched:
-            raise ApiError(404, f"no such resource: {path}")
+            raise ApiError(404, f"no such resource: {unquote(path)}")
         for m, pattern, handler in matched:
             if m == method:
                 if handler.__name__ != "healthz":
                     self._authenticate(request)
                 match = pattern.match(path)
                 assert match is not None
-                return handler(request, *match.groups())
+                return handler(request, *(unquote(g) for g in match.groups()))
         allowed = ", ".join(sorted({m.decode() for m, _, _ in matched}))
-        raise ApiError(405, f"{method.decode(errors='replace')} not allowed on {path} (allowed: {allowed})", {"Allow": allowed})
+        raise ApiError(405, f"{method.decode(errors='replace')} not allowed on {unquote(path)} (allowed: {allowed})", {"Allow": allowed})
 
     def _authenticate(self, request: Request) -> None:
         token = self.service.config.api.token
