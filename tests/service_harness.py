@@ -147,6 +147,10 @@ chains: {chains}
         self.port = free_port()
         self.api_port = free_port()
         self.write_config(devices, chains, extra)
+        self.devices: list[Device] = []
+        # Registered before the service's stop, so it runs after it: the
+        # service closes every session, then the device processes end.
+        self.addCleanup(self._devices_ended)
         self.service = CallHomeService(config_module.load(self.config_path), reactor)
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -160,7 +164,16 @@ chains: {chains}
             "--manager", f"127.0.0.1:{port or self.port}", "--host-key", str(key_path),
             "--authorized-key", self.manager_pub, "--quiet", "--retries", "0", *extra,
         )
+        self.devices.append(device)
         return device
+
+    async def _devices_ended(self) -> None:
+        for device in self.devices:
+            if not device.ended.called:
+                timer = reactor.callLater(10, device.transport.signalProcess, "KILL")
+                await device.ended
+                if timer.active():
+                    timer.cancel()
 
     async def get(self, path: str, **kw: Any) -> HttpReply:
         return await http("GET", self.api + path, **kw)
