@@ -277,6 +277,9 @@ class Manager:
         context = self._context(device, session, record.id)
         chain = run_chain(self.config.chains[device.chain], context, self.clock)
         self._track(chain)
+        # A session that ends (device gone, shutdown, API disconnect) ends
+        # its chain: a sleeping or hung step must not outlive it.
+        session.closed.addBoth(self._cut_chain, chain)
 
         def finished(outcomes: list[StepOutcome]) -> defer.Deferred[str] | None:
             # Keep what the record needs, not the replies: a held persistent
@@ -294,6 +297,11 @@ class Manager:
 
         chain.addCallback(finished)
         chain.addErrback(lambda f: self.log.failure("chain runner failed for {device}", f, device=device.name))
+
+    def _cut_chain(self, result: Any, chain: defer.Deferred[Any]) -> Any:
+        if chain in self.chains:
+            chain.cancel()
+        return result
 
     def _track(self, chain: defer.Deferred[Any]) -> None:
         """Keep a running chain in L{chains} until it ends."""
@@ -394,7 +402,7 @@ class Manager:
                 record.device.name if record.device else None,
                 {
                     "session": record.id, "peer": record.peer, "fingerprint": record.fingerprint,
-                    "outcome": record.outcome, "reason": record.reason, "duration": round(duration, 6),
+                    "outcome": record.outcome, "reason": record.reason if record.outcome != "ok" else None, "duration": round(duration, 6),
                     "steps": [{"action": s.action, "ok": s.ok, "error": s.error, "duration": round(s.duration, 6)} for s in steps],
                 },
                 self.clock.seconds(),

@@ -295,24 +295,27 @@ class CallHomeService(MultiService):
         stopped.addBoth(lambda result: self._stop_rest(result))
         return stopped
 
-    def _wait_for_chains(self) -> defer.Deferred[Any] | None:
+    def _wait_for_chains(self) -> defer.Deferred[None] | None:
         running = list(self.manager.chains)
         if not running:
             return None
         grace = self.config.shutdown_grace
         self.log.info("waiting up to {grace:g}s for {count} running chains", grace=grace, count=len(running))
-        waiting: defer.Deferred[Any] = defer.DeferredList(running, consumeErrors=True)
-        waiting.addTimeout(grace, self.reactor)
-
-        def late(failure: Failure) -> None:
-            failure.trap(defer.TimeoutError)
-            self.log.warn(
-                "{count} chains still running after {grace:g}s (shutdown_grace): closing their sessions",
-                count=len(self.manager.chains), grace=grace,
-            )
-
-        waiting.addErrback(late)
+        # Not DeferredList.addTimeout: cancelling the list would cancel the
+        # chains themselves; a chain still running after the grace period
+        # ends when close-session closes its session.
+        waiting: defer.Deferred[None] = defer.Deferred()
+        finished = defer.DeferredList(running, consumeErrors=True)
+        timer = self.reactor.callLater(grace, self._grace_over, waiting, grace)
+        finished.addBoth(lambda _: (timer.cancel() if timer.active() else None, waiting.called or waiting.callback(None)))
         return waiting
+
+    def _grace_over(self, waiting: defer.Deferred[None], grace: float) -> None:
+        self.log.warn(
+            "{count} chains still running after {grace:g}s (shutdown_grace): closing their sessions",
+            count=len(self.manager.chains), grace=grace,
+        )
+        waiting.callback(None)
 
     def _final_write(self) -> defer.Deferred[None]:
         self.manager.registry.save()

@@ -121,6 +121,10 @@ class RunningService(TestCase):
         self.manager_key = write_key(self.tmp / "keys", "manager", new_key())
         self.manager_pub = f"{self.manager_key}.pub"
         self.config_path = self.tmp / "config.yaml"
+        self.devices: list[Device] = []
+        # Registered before the service's stop, so it runs after it: the
+        # service closes every session, then the device processes end.
+        self.addCleanup(self._devices_ended)
 
     def device_key(self, name: str) -> tuple[Path, str]:
         """A simulated device's host key file and fingerprint."""
@@ -147,10 +151,6 @@ chains: {chains}
         self.port = free_port()
         self.api_port = free_port()
         self.write_config(devices, chains, extra)
-        self.devices: list[Device] = []
-        # Registered before the service's stop, so it runs after it: the
-        # service closes every session, then the device processes end.
-        self.addCleanup(self._devices_ended)
         self.service = CallHomeService(config_module.load(self.config_path), reactor)
         self.service.startService()
         self.addCleanup(self.service.stopService)
