@@ -225,6 +225,8 @@ class Config:
     shutdown_grace: float = 30.0
     #: log format when the service runs under twistd: text or json.
     log_format: str = "text"
+    #: the lowest level callhome logs: debug, info, warn or error.
+    log_level: str = "info"
     #: things an operator should fix, each with its key path (logged at start).
     warnings: tuple[str, ...] = ()
 
@@ -439,6 +441,7 @@ class _Reader:
             api=self.api(top.get("api", _Node({}, "api"))),
             shutdown_grace=top["shutdown_grace"].number() if "shutdown_grace" in top else 30.0,
             log_format=self.log_format(top.get("log", _Node({}, "log"))),
+            log_level=self.log_level(top.get("log", _Node({}, "log"))),
             warnings=tuple(self.warnings),
         )
 
@@ -593,8 +596,17 @@ class _Reader:
             )
         return ApiSettings(listen=listen, token=token)
 
+    def log_level(self, node: _Node) -> str:
+        fields = node.mapping(("format", "level"))
+        if "level" not in fields:
+            return "info"
+        value = fields["level"].text()
+        if value not in ("debug", "info", "warn", "error"):
+            raise fields["level"].error("must be debug, info, warn or error")
+        return value
+
     def log_format(self, node: _Node) -> str:
-        fields = node.mapping(("format",))
+        fields = node.mapping(("format", "level"))
         if "format" not in fields:
             return "text"
         value = fields["format"].text()

@@ -18,10 +18,33 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from zope.interface import implementer
 
 _PLAIN = (str, int, float, bool, type(None))
+
+#: the lowest level our own loggers emit (config ``log.level``).
+_minimum = LogLevel.info
+
+
+def set_level(name: str) -> None:
+    """Set the lowest level callhome's own loggers emit: debug, info, warn or error."""
+    global _minimum
+    _minimum = LogLevel.levelWithName(name)
+
+
+class LevelLogger(Logger):
+    """
+    A logger that drops events below the configured level before building
+    them: twistd records every level, and per-step debug lines would drown
+    the one line per call (and cost CPU per session).
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        """Emit the event if its level is at or above C{log.level}."""
+        if level < _minimum:
+            return
+        super().emit(level, format, **kwargs)
 
 
 @implementer(ILogObserver)

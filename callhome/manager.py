@@ -25,6 +25,7 @@ from callhome.actions import ActionContext
 from callhome.actions.runner import StepOutcome, run_chain
 from callhome.admission import Admission
 from callhome.config import Config, Device, NetconfSettings
+from callhome.logs import LevelLogger
 from callhome.metrics import Metrics
 from callhome.registry import Registry
 from callhome.results import ResultsWriter, SavedFile
@@ -255,7 +256,7 @@ class Manager:
             session=session,
             results=self.results.for_session(call_id),
             clock=self.clock,
-            log=Logger(namespace=f"callhome.device.{device.name}"),
+            log=LevelLogger(namespace=f"callhome.device.{device.name}"),
         )
         context.notifications = lambda root, raw: self._notification(device, session, call_id, root, raw)
         context.step_done = self._step_done

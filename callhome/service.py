@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callhome import config as config_module
+from callhome import logs
 from callhome.config import Config
 from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.manager import Manager
@@ -95,6 +96,7 @@ class CallHomeService(MultiService):
         self.reactor = reactor
         self.handle_signals = handle_signals
         self.stopping = False
+        logs.set_level(config.log_level)
         self.store = Store(config.store.database, reactor)
         snapshot = self.store.open()
         self.metrics = Metrics()
@@ -254,6 +256,7 @@ class CallHomeService(MultiService):
         for warning in new.warnings:
             self.log.warn("config: {warning}", warning=warning)
         self.config = new
+        logs.set_level(new.log_level)
         self.manager.reconfigure(new)
         restart = [
             key for key, changed in (

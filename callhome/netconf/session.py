@@ -27,6 +27,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from callhome.logs import LevelLogger
 from callhome.netconf import xml
 from callhome.netconf.framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -112,7 +113,7 @@ class NetconfSession(Protocol):
         is gone.
     """
 
-    log = Logger(namespace="callhome.netconf")
+    log = LevelLogger(namespace="callhome.netconf")
 
     #: Capabilities we offer; base:1.1 is added when enabled.
     CLIENT_CAPABILITIES = (xml.BASE_1_0,)
