@@ -336,7 +336,8 @@ class ManagementApi(Resource):
 
     def events(self, request: Request) -> Any:
         """Events, oldest first: since an event id or a time, for a device, of a kind."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         since = self._arg(request, "since")
         if since is not None:
             if since.isdigit():
@@ -367,7 +368,8 @@ class ManagementApi(Resource):
 
     def results(self, request: Request) -> Any:
         """Result metadata, newest first."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for name in ("device", "action", "session"):
             value = self._arg(request, name)
             if value is not None:

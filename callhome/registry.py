@@ -355,8 +355,8 @@ class Registry:
                 "importing {devices} device statuses and {pending} quarantined keys from {dir} into the database",
                 devices=len(devices), pending=len(quarantined), dir=str(self.state_dir),
             )
-            self._dirty_status.update(d.get("name") for d in devices if isinstance(d, dict))
-            self._dirty_pending.update(q.get("fingerprint") for q in quarantined if isinstance(q, dict))
+            self._dirty_status.update(str(d.get("name")) for d in devices if isinstance(d, dict))
+            self._dirty_pending.update(str(q.get("fingerprint")) for q in quarantined if isinstance(q, dict))
         return devices, quarantined
 
     def save(self) -> None:

@@ -154,7 +154,7 @@ class Store:
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.flush_interval = flush_interval
-        self.pending: list[tuple[str, Sequence[Any]]] = []
+        self.pending: list[tuple[str, Sequence[Any] | dict[str, Any]]] = []
         self._timer: Any = None
         self._flushing: defer.Deferred[None] | None = None
         self._pool: adbapi.ConnectionPool | None = None
@@ -195,7 +195,7 @@ class Store:
 
     # --- writes (queued) -------------------------------------------------------------
 
-    def _queue(self, sql: str, parameters: Sequence[Any]) -> None:
+    def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
         self.pending.append((sql, parameters))
         if len(self.pending) >= FLUSH_BATCH:
             self.flush()
@@ -317,7 +317,7 @@ class Store:
         return flushed
 
 
-def _write_batch(cursor: sqlite3.Cursor, batch: list[tuple[str, Sequence[Any]]]) -> int:
+def _write_batch(cursor: sqlite3.Cursor, batch: list[tuple[str, Sequence[Any] | dict[str, Any]]]) -> int:
     """Write a batch in the transaction adbapi wraps around this call."""
     for sql, parameters in batch:
         cursor.execute(sql, parameters)

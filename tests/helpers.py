@@ -34,16 +34,9 @@ def write_key(directory: Path, name: str, key: keys.Key, passphrase: bytes | Non
     return path
 
 
-def make_config(
-    tmp: Path,
-    device_keys: dict[str, keys.Key],
-    credentials: str,
-    chain: str = "[{get: {}}]",
-    extra: str = "",
-    listen: str = "tcp:0:interface=127.0.0.1",
-) -> config_module.Config:
-    """A config for devices known by these host keys, all with C{credentials}."""
-    return config_module.loads(config_text(tmp, device_keys, credentials, chain, extra, listen))
+def make_config(tmp: Path, device_keys: dict[str, keys.Key], credentials: str, **kwargs: str) -> config_module.Config:
+    """A config for devices known by these host keys, all with C{credentials} (see L{config_text})."""
+    return config_module.loads(config_text(tmp, device_keys, credentials, **kwargs))
 
 
 def config_text(

@@ -5,16 +5,14 @@ legacy algorithms, a forged host key, the idle timeout, device status.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from callhome.admission import Admission
 from callhome.config import AdmissionSettings
-from callhome.registry import Registry
 from callhome.simulator.ssh_server import DeviceTransport
-from tests.helpers import make_keys, InMemoryCall, config_text, device_factory, make_config, memory_manager, new_key, write_key
+from tests.helpers import make_keys, InMemoryCall, config_text, device_factory, make_config, memory_manager, new_key
 from tests.test_hostile import Stalls
 
 MSG_SERVICE_REQUEST = 5

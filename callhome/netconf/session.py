@@ -24,7 +24,6 @@ from lxml import etree
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callhome.logs import LevelLogger
