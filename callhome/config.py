@@ -576,8 +576,6 @@ class _Reader:
             retention = fields["retention"].mapping(("days", "per_device"))
             if "days" in retention:
                 days = retention["days"].number()
-                if days <= 0:
-                    raise retention["days"].error("must be more than 0 (leave it out to keep results for ever)")
             if "per_device" in retention:
                 per_device = retention["per_device"].integer()
         return StoreSettings(database=database, retention_days=days, retention_per_device=per_device)

@@ -321,3 +321,23 @@ class TokenTests(RunningService):
         self.assertNotIn("s3cret", repr(self.service.config))
         out, err, code = await run_cli("-c", str(self.config_path), "devices")
         self.assertEqual(code, 0, err)
+
+
+class InternalErrorTests(RunningService):
+    """A failure of our own is logged and answered with a JSON 500 naming only its type."""
+
+    async def test_no_traceback_in_the_answer(self):
+        _, fp = self.device_key("edge")
+        self.start(f'[{{name: edge, host_keys: ["{fp}"]}}]')
+
+        def broken():
+            raise RuntimeError("secret internals at /etc/callhome")
+
+        self.service.manager.registry.devices = broken
+        reply = await self.get("/devices")
+        self.assertEqual(reply.code, 500)
+        self.assertEqual(reply.json(), {"error": "internal error: RuntimeError (logged)"})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((await self.get("/healthz")).code, 500, "the same failure, the same answer")
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual((await self.get("/sessions")).code, 200, "other routes still answer")

@@ -287,3 +287,43 @@ chains: {{a: [get: {{}}]}}
         loaded = config.loads("listen: [tcp:1]\ndefaults: {username: a, password: hunter2, chain: c}\nchains: {c: [get: {}]}\n")
         self.assertIn("defaults.password: secret written in the config file", loaded.warnings[0])
         self.assertNotIn("hunter2", "\n".join(loaded.warnings))
+
+
+class OperationsConfigTests(SynchronousTestCase):
+    """store, api, shutdown_grace and log keys."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+
+    def load(self, extra: str, environ=None) -> config.Config:
+        return config.loads(f"listen: [tcp:4334]\n{extra}\n", environ=environ or {})
+
+    def error(self, extra: str, environ=None) -> str:
+        with self.assertRaises(config.ConfigError) as caught:
+            self.load(extra, environ)
+        return str(caught.exception)
+
+    def test_defaults(self):
+        loaded = self.load("")
+        self.assertEqual(loaded.api.listen, "tcp:8080:interface=127.0.0.1")
+        self.assertIsNone(loaded.api.token)
+        self.assertEqual(str(loaded.store.database), "var/callhome.sqlite")
+        self.assertEqual((loaded.shutdown_grace, loaded.log_format, loaded.log_level), (30.0, "text", "info"))
+
+    def test_api_off_the_loopback_needs_a_token(self):
+        for listen in ("tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp6:8080:interface=\\\\:\\\\:"):
+            self.assertIn("api.listen: ", self.error(f'api: {{listen: "{listen}"}}'))
+        loaded = self.load('api: {listen: "tcp:8443", token_env: TOKEN}', {"TOKEN": "t0k"})
+        self.assertEqual(loaded.api.token, "t0k")
+        self.assertNotIn("t0k", repr(loaded))
+        self.assertEqual(self.error("api: {listen: tcp:8443, token_env: NOPE}"), "api.token_env: environment variable NOPE is not set")
+        self.assertIsNone(self.load("api: {listen: null}").api.listen)
+        self.assertTrue(self.load("api: {listen: 'tcp6:1:interface=\\:\\:1'}").api.listen)
+
+    def test_bad_values_name_their_key(self):
+        self.assertEqual(self.error("store: {retention: {days: 0}}"), "store.retention.days: must be greater than 0")
+        self.assertTrue(self.error("store: {retention: {per_device: x}}").startswith("store.retention.per_device:"))
+        self.assertEqual(self.error("log: {format: xml}"), "log.format: must be text or json")
+        self.assertEqual(self.error("log: {level: loud}"), "log.level: must be debug, info, warn or error")
+        self.assertTrue(self.error("store: {databse: x}").startswith("store.databse: unknown key"))
+        self.assertTrue(self.error("api: {listen: nonsense:1}").startswith("api.listen: not a Twisted server endpoint"))
