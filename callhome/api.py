@@ -53,6 +53,9 @@ API_ACTIONS = frozenset([
     "validate", "copy-config", "delete-config", "get-schema", "rpc",
 ])
 
+#: a whole number as the API accepts it (str.isdigit also takes "²").
+_NUMBER = re.compile(r"[0-9]{1,18}")
+
 LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 
@@ -129,6 +132,9 @@ class ManagementApi(Resource):
     def __init__(self, service: "CallHomeService") -> None:
         super().__init__()
         self.service = service
+        # The token the API started with: api changes apply after a restart,
+        # so a reload must not change who may use this listener.
+        self.token = service.config.api.token
         self.routes: list[tuple[bytes, re.Pattern[str], Callable[..., Any]]] = [
             (method, re.compile(f"^{pattern}$"), getattr(self, handler)) for method, pattern, handler in ROUTES
         ]
@@ -161,12 +167,13 @@ class ManagementApi(Resource):
         raise ApiError(405, f"{method.decode(errors='replace')} not allowed on {unquote(path)} (allowed: {allowed})", {"Allow": allowed})
 
     def _authenticate(self, request: Request) -> None:
-        token = self.service.config.api.token
+        token = self.token
         if token is None:
             return
         given = request.getHeader("authorization") or ""
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value or not hmac.compare_digest(value.encode(), token.encode()):
             raise ApiError(401, "a valid bearer token is required (Authorization: Bearer ...)", {"WWW-Authenticate": 'Bearer realm="callhome"'})
 
     def _respond(self, body: Any, request: Request) -> None:
@@ -233,7 +240,7 @@ class ManagementApi(Resource):
         text = self._arg(request, "limit")
         if text is None:
             return LIST_LIMIT
-        if not text.isdigit() or not 0 < int(text) <= MAX_LIST_LIMIT:
+        if not _NUMBER.fullmatch(text) or not 0 < int(text) <= MAX_LIST_LIMIT:
             raise ApiError(400, f"limit: must be a whole number from 1 to {MAX_LIST_LIMIT}")
         return int(text)
 
@@ -340,7 +347,7 @@ class ManagementApi(Resource):
         params: list[Any] = []
         since = self._arg(request, "since")
         if since is not None:
-            if since.isdigit():
+            if _NUMBER.fullmatch(since):
                 where.append("id > ?")
                 params.append(int(since))
             else:
@@ -362,7 +369,7 @@ class ManagementApi(Resource):
             for row in rows:
                 row["time"] = iso(row["time"])
                 row["data"] = json.loads(row["data"]) if row["data"] else None
-            return {"events": rows, "next": rows[-1]["id"] if rows else (int(since) if since and since.isdigit() else 0)}
+            return {"events": rows, "next": rows[-1]["id"] if rows else (int(since) if since and _NUMBER.fullmatch(since) else 0)}
 
         return d.addCallback(shape)
 
@@ -377,7 +384,7 @@ class ManagementApi(Resource):
                 params.append(value)
         before = self._arg(request, "before")
         if before is not None:
-            if not before.isdigit():
+            if not _NUMBER.fullmatch(before):
                 raise ApiError(400, "before: must be a result id")
             where.append("id < ?")
             params.append(int(before))
@@ -494,7 +501,7 @@ class ManagementApi(Resource):
         if action not in API_ACTIONS:
             raise ApiError(400, f"{action!r} cannot run through the API (allowed: {', '.join(sorted(API_ACTIONS))})")
         params = body[action]
-        if isinstance(params, dict) and any(k.endswith("_file") for k in params):
+        if isinstance(params, dict) and any(k == "file" or k.endswith("_file") for k in params):
             raise ApiError(400, "file parameters are not read through the API: send the content inline")
         try:
             step = parse_step(body, "body", self.service.config.netconf.rpc_timeout)
@@ -502,8 +509,10 @@ class ManagementApi(Resource):
             raise ApiError(400, str(e)) from None
         assert call.session is not None and call.call is not None
         context = self.service.manager._context(device, call.session, call.call.id)
-        # Saved and recorded as a chain step's result would be; the reply also comes back here.
+        # Saved and recorded as a chain step's result would be; the reply also
+        # comes back here.  Tracked, so a graceful stop waits for it.
         d = run_chain((step,), context, self.service.reactor)
+        self.service.manager._track(d)
 
         def shape(outcomes: list[Any]) -> Any:
             (outcome,) = outcomes
@@ -551,7 +560,7 @@ ROUTES: tuple[tuple[bytes, str, str], ...] = (
     (b"GET", "/sessions", "sessions"),
     (b"GET", "/events", "events"),
     (b"GET", "/results", "results"),
-    (b"GET", "/results/([0-9]+)", "result"),
+    (b"GET", "/results/([0-9]{1,18})", "result"),
     (b"GET", "/quarantine", "quarantine"),
     (b"POST", "/quarantine/([^/]+)/approve", "approve"),
     (b"POST", "/reload", "reload"),

@@ -586,6 +586,9 @@ class _Reader:
         if "listen" in fields:
             listen = None if fields["listen"].value in (None, False, "none", "off") else self.endpoint(fields["listen"])
         token = self.secret(fields, "token")
+        if token is not None and not token.strip():
+            given = next(k for k in ("token", "token_env", "token_file") if k in fields)
+            raise fields[given].error("the API token is empty")
         if listen is not None and token is None and not is_loopback_endpoint(listen):
             raise ConfigError(
                 "api.listen",

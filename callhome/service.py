@@ -223,6 +223,8 @@ class CallHomeService(MultiService):
         @raises ReloadError: the config is bad or a new listener cannot
             bind; nothing was changed.
         """
+        if self.stopping:
+            raise ReloadError("the service is stopping")
         try:
             new = config_module.load(self.config.source)
         except config_module.ConfigError as e:
@@ -294,7 +296,9 @@ class CallHomeService(MultiService):
         stopped.addCallback(lambda _: self._wait_for_chains())
         stopped.addCallback(lambda _: self.manager.close_all())
         stopped.addCallback(lambda _: self.manager.drained(timeout=10.0))
-        stopped.addCallback(lambda _: self._final_write())
+        stopped.addErrback(lambda f: self.log.failure("error while closing sessions", f))
+        # Whatever happened above, what is queued is written.
+        stopped.addBoth(lambda _: self._final_write())
         stopped.addBoth(lambda result: self._stop_rest(result))
         return stopped
 

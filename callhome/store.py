@@ -83,7 +83,9 @@ class Snapshot:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, check_same_thread=False, timeout=30)
+    # Autocommit mode: migrations run their own BEGIN/COMMIT, because the
+    # sqlite3 module's implicit transactions do not cover DDL.
+    connection = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
     _configure(connection)
     return connection
 
@@ -123,12 +125,19 @@ def migrate(connection: sqlite3.Connection, upto: int = SCHEMA_VERSION, log: Log
     for version, statements in MIGRATIONS:
         if version <= found or version > upto:
             continue
-        with connection:  # one transaction per migration: all of it or none
+        # One transaction per migration, DDL included: all of it or none, so
+        # a migration cut short (disk full, locked) is simply retried.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
             if version == 1:
                 connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
             for statement in statements:
                 connection.execute(statement)
             connection.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
         if log is not None:
             log.info("database schema upgraded to version {version}", version=version)
     return found
@@ -251,7 +260,11 @@ class Store:
         batch, self.pending = self.pending, []
         if not batch:
             return self._flushing_done()
-        assert self._pool is not None, "Store.open() first"
+        if self._pool is None:
+            # After close (a call that ended during reactor shutdown): say
+            # what is lost rather than fail somewhere nobody sees.
+            self.log.warn("store closed: {count} late records not written", count=len(batch))
+            return self._flushing_done()
         written = self._pool.runInteraction(_write_batch, batch)
 
         def done(count: int) -> None:
@@ -300,7 +313,14 @@ class Store:
         if keep_days is None and keep_per_device is None:
             return defer.succeed(0)
         cutoff = None if keep_days is None else (time.time() if now is None else now) - keep_days * 86400
-        return self.interaction(_prune, cutoff, keep_per_device)
+        # Rows first (committed), files after: a file that cannot be deleted
+        # is logged and left, and never blocks the next pass.
+        pruned = self.interaction(_prune, cutoff, keep_per_device)
+
+        def remove_files(paths: list[str]) -> defer.Deferred[int]:
+            return self.interaction(_unlink_all, paths, self.log)
+
+        return pruned.addCallback(remove_files)
 
     # --- shutdown --------------------------------------------------------------------
 
@@ -324,7 +344,7 @@ def _write_batch(cursor: sqlite3.Cursor, batch: list[tuple[str, Sequence[Any] | 
     return len(batch)
 
 
-def _prune(cursor: sqlite3.Cursor, cutoff: float | None, keep_per_device: int | None) -> int:
+def _prune(cursor: sqlite3.Cursor, cutoff: float | None, keep_per_device: int | None) -> list[str]:
     doomed: list[tuple[int, str]] = []
     if cutoff is not None:
         doomed += cursor.execute("SELECT id, path FROM results WHERE time < ?", (cutoff,)).fetchall()
@@ -337,9 +357,16 @@ def _prune(cursor: sqlite3.Cursor, cutoff: float | None, keep_per_device: int | 
         ).fetchall()
     ids = sorted({row[0] for row in doomed})
     cursor.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in ids])
-    for _, path in {row for row in doomed}:
+    return sorted({row[1] for row in doomed})
+
+
+def _unlink_all(cursor: sqlite3.Cursor, paths: list[str], log: Logger) -> int:
+    """Delete pruned result files; return how many results were pruned."""
+    for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass  # an operator removed it already
-    return len(ids)
+        except OSError as e:
+            log.warn("retention: cannot delete {path}: {error}", path=path, error=e.strerror)
+    return len(paths)

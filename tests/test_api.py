@@ -14,7 +14,7 @@ from urllib.parse import quote
 from prometheus_client.parser import text_string_to_metric_families
 
 from callhome.api import ROUTES
-from tests.service_harness import RunningService, run_cli, wait_for
+from tests.service_harness import RunningService, http, run_cli, wait_for
 
 GET_CONFIG = b'<get-config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><source><running/></source></get-config>'
 
@@ -103,6 +103,7 @@ class PersistentDeviceApiTests(RunningService):
             (b"<rpc xmlns='urn:ietf:params:xml:ns:netconf:base:1.0'><get/><get/></rpc>", "application/xml", 400, "exactly one"),
             (b'{"save": {"path": "x"}}', "application/json", 400, "cannot run through the API"),
             (b'{"edit-config": {"target": "running", "config_file": "/etc/passwd"}}', "application/json", 400, "file parameters"),
+            (b'{"rpc": {"file": "/etc/passwd"}}', "application/json", 400, "file parameters"),
             (b'{"get-config": {"source": "nowhere"}}', "application/json", 400, "body.get-config"),
             (b'{"get": {}, "lock": {}}', "application/json", 400, "one action"),
             (b"{nope", "application/json", 400, "not JSON"),
@@ -149,6 +150,8 @@ class PersistentDeviceApiTests(RunningService):
         self.assertEqual([r["id"] for r in only], [first["id"]])
         self.assertEqual((await self.get("/results/999999")).code, 404)
         self.assertEqual((await self.get("/results/abc")).code, 404)
+        self.assertEqual((await self.get("/results/" + "9" * 40)).code, 404)
+        self.assertEqual((await self.get("/results?before=%C2%B2")).code, 400)
         self.assertEqual((await self.get("/results?limit=0")).code, 400)
         self.assertEqual((await self.get("/results?before=x")).code, 400)
         (self.tmp / "results" / first["path"]).unlink()
@@ -172,7 +175,7 @@ class PersistentDeviceApiTests(RunningService):
         document = (await self.get("/openapi.json")).json()
         self.assertEqual(document["openapi"][:2], "3.")
         for method, pattern, _ in ROUTES:
-            template = re.sub(r"\(\[0-9\]\+\)", "{id}", pattern)
+            template = re.sub(r"\(\[0-9\]\{1,18\}\)", "{id}", pattern)
             template = re.sub(r"^/quarantine/\(\[\^/\]\+\)", "/quarantine/{fingerprint}", template)
             template = re.sub(r"\(\[\^/\]\+\)", "{name}", template)
             self.assertIn(template, document["paths"], template)
@@ -315,6 +318,7 @@ class TokenTests(RunningService):
             self.assertEqual(refused.header("WWW-Authenticate"), 'Bearer realm="callhome"')
             self.assertIn("bearer token", refused.json()["error"])
             self.assertEqual((await self.get(path, token="wrong")).code, 401)
+            self.assertEqual((await http("GET", self.api + path, token=" ")).code, 401)
             self.assertEqual((await self.get(path, token="s3cret-token")).code, 200, path)
         self.assertEqual((await self.post("/reload", token="nope")).code, 401)
         self.assertEqual((await self.get("/healthz")).code, 200, "probes need no token")

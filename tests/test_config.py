@@ -318,6 +318,7 @@ class OperationsConfigTests(SynchronousTestCase):
         self.assertNotIn("t0k", repr(loaded))
         self.assertEqual(self.error("api: {listen: tcp:8443, token_env: NOPE}"), "api.token_env: environment variable NOPE is not set")
         self.assertIsNone(self.load("api: {listen: null}").api.listen)
+        self.assertEqual(self.error("api: {listen: tcp:8443, token_env: EMPTY}", {"EMPTY": " "}), "api.token_env: the API token is empty")
         self.assertTrue(self.load("api: {listen: 'tcp6:1:interface=\\:\\:1'}").api.listen)
 
     def test_bad_values_name_their_key(self):

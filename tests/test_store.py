@@ -62,6 +62,26 @@ class MigrationTests(TestCase):
         with sqlite3.connect(self.path) as db:
             self.assertEqual(schema_version(db), SCHEMA_VERSION)
 
+    def test_failed_migration_leaves_nothing_behind(self):
+        """A migration cut short is rolled back whole (DDL included) and retried on the next start."""
+        with sqlite3.connect(self.path) as db:
+            migrate(db, upto=1)
+        db.close()
+        (version, statements) = store_module.MIGRATIONS[1]
+        broken = ((version, (*statements[:2], "CREATE TABLE broken (")),)
+        self.patch(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1] + broken)
+        with self.assertRaises(StoreError):
+            Store(self.path, reactor).open()
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(schema_version(db), 1)
+            columns = [row[1] for row in db.execute("PRAGMA table_info(results)")]
+        db.close()
+        self.assertNotIn("session", columns, "the ALTER TABLE was rolled back")
+        self.patch(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1] + ((version, statements),))
+        store = Store(self.path, reactor)
+        store.open()
+        self.addCleanup(store.close)
+
     def test_newer_database_is_refused(self):
         with sqlite3.connect(self.path) as db:
             migrate(db)
