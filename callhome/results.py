@@ -39,6 +39,10 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 @dataclass(frozen=True)
 class SavedFile:
     """The metadata of a result file just written."""
@@ -94,7 +98,7 @@ class ResultsWriter:
 
     def stamp(self) -> str:
         """The UTC timestamp used in result names, e.g. 20261124T081734.587871Z."""
-        return self.now().strftime("%Y%m%dT%H%M%S.%fZ")
+        return _stamp(self.now())
 
     def save_file(self, device: str, relative: str, payload: bytes, under_device: bool = True, action: str = "save") -> Path:
         """
@@ -134,7 +138,7 @@ class ResultsWriter:
             folder.mkdir(parents=True, exist_ok=True)
             self._folders.add(folder)
         when = self.now()
-        stamp = when.strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = _stamp(when)
         fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:

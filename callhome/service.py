@@ -228,10 +228,9 @@ class CallHomeService(MultiService):
         try:
             new = config_module.load(self.config.source)
         except config_module.ConfigError as e:
-            self.manager.event("reload-refused", f"config error: {e}")
-            raise ReloadError(f"config error: {e}") from None
+            raise self._refused(f"config error: {e}") from None
         except OSError as e:
-            raise ReloadError(f"cannot read {self.config.source}: {e.strerror}") from None
+            raise self._refused(f"cannot read {self.config.source}: {e.strerror}") from None
         old = self.config
         added = [d for d in new.listen if d not in self.listeners]
         removed = [d for d in self.listeners if d not in new.listen]
@@ -245,8 +244,7 @@ class CallHomeService(MultiService):
                     if done.running:
                         done.stopService()
                     done.disownServiceParent()
-                self.manager.event("reload-refused", f"cannot listen on {description}: {e}")
-                raise ReloadError(f"cannot listen on {description}: {e}") from None
+                raise self._refused(f"cannot listen on {description}: {e}") from None
             bound.append(listener)
         # From here on nothing can fail: apply it all.
         for listener in bound:
@@ -281,6 +279,11 @@ class CallHomeService(MultiService):
         )
         self.manager.event("reload", f"config reloaded ({why})", data=summary)
         return summary
+
+    def _refused(self, why: str) -> ReloadError:
+        """Record a refused reload as an event; the error to raise."""
+        self.manager.event("reload-refused", why)
+        return ReloadError(why)
 
     # --- stop ------------------------------------------------------------------------------
 

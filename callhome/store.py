@@ -165,7 +165,6 @@ class Store:
         self.flush_interval = flush_interval
         self.pending: list[tuple[str, Sequence[Any] | dict[str, Any]]] = []
         self._timer: Any = None
-        self._flushing: defer.Deferred[None] | None = None
         self._pool: adbapi.ConnectionPool | None = None
         self.writes = 0
 
@@ -253,18 +252,22 @@ class Store:
         )
 
     def flush(self) -> defer.Deferred[None]:
-        """Write everything queued; fires when it is in the database."""
+        """
+        Write everything queued; fires when it is in the database.  The one
+        database thread runs work in order, so anything run after this (a
+        read, C{close}) sees these writes without waiting for them here.
+        """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         batch, self.pending = self.pending, []
         if not batch:
-            return self._flushing_done()
+            return defer.succeed(None)
         if self._pool is None:
             # After close (a call that ended during reactor shutdown): say
             # what is lost rather than fail somewhere nobody sees.
             self.log.warn("store closed: {count} late records not written", count=len(batch))
-            return self._flushing_done()
+            return defer.succeed(None)
         written = self._pool.runInteraction(_write_batch, batch)
 
         def done(count: int) -> None:
@@ -275,26 +278,13 @@ class Store:
             # logged with what was lost; the service goes on serving.
             self.log.failure("cannot write {count} records to {path}", failure, count=len(batch), path=str(self.path))
 
-        written.addCallbacks(done, failed)
-        self._flushing = written
-        return self._flushing_done()
-
-    def _flushing_done(self) -> defer.Deferred[None]:
-        """A Deferred that fires once the latest flush is written."""
-        last = self._flushing
-        if last is None or last.called:
-            return defer.succeed(None)
-        waiting: defer.Deferred[None] = defer.Deferred()
-        last.addBoth(lambda result: (waiting.callback(None), result)[1])
-        return waiting
+        return written.addCallbacks(done, failed)
 
     # --- reads ---------------------------------------------------------------------------
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> defer.Deferred[list[dict[str, Any]]]:
         """Rows as dicts, read after every write queued so far."""
-        self.flush()
-        assert self._pool is not None
-        return self._pool.runInteraction(lambda cursor: _rows(cursor.execute(sql, parameters)))
+        return self.interaction(lambda cursor: _rows(cursor.execute(sql, parameters)))
 
     def interaction(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """Run C{work(cursor, *args)} on the database thread, after queued writes."""
@@ -325,7 +315,7 @@ class Store:
     # --- shutdown --------------------------------------------------------------------
 
     def close(self) -> defer.Deferred[None]:
-        """Write what is queued, then stop the database thread."""
+        """Write what is queued, then stop the database thread (it finishes its queued work first)."""
         flushed = self.flush()
 
         def stop(_: object) -> None:
