@@ -14,7 +14,9 @@ them and is served at ``/openapi.json`` and ``/openapi.yaml``.
 
 from __future__ import annotations
 
+import base64
 import hmac
+import os
 import json
 import re
 from datetime import datetime, timezone
@@ -253,7 +255,9 @@ class ManagementApi(Resource):
         return content.read()
 
     def _json_body(self, request: Request) -> Any:
-        body = self._body(request)
+        return self._parse_json(self._body(request))
+
+    def _parse_json(self, body: bytes) -> Any:
         try:
             return json.loads(body or b"{}")
         except ValueError as e:
@@ -264,6 +268,11 @@ class ManagementApi(Resource):
         if device is None:
             raise ApiError(404, f"no device named {name!r}")
         return device
+
+    def _held_elsewhere(self, name: str) -> bool:
+        """Whether a worker process holds the device's session (``workers: N``)."""
+        pool = self.service.pool
+        return pool is not None and pool.holder(name) is not None
 
     def _session_of(self, name: str) -> "CallHomeTransport | None":
         call = self.service.manager.sessions.get(name)
@@ -279,12 +288,18 @@ class ManagementApi(Resource):
         d = service.store.query("SELECT 1 AS ok")
 
         def report(_: Any) -> Any:
-            return {
+            pool = service.pool
+            report: dict[str, Any] = {
                 "status": "stopping" if service.stopping else "ok",
                 "listeners": [d for d, l in service.listeners.items() if l.port is not None],
-                "sessions": len(service.manager.active),
+                "sessions": len(service.manager.active) + (pool.open_calls()[0] if pool is not None else 0),
                 "devices": len(service.manager.registry.devices()),
             }
+            if pool is not None:
+                report["workers"] = [{"index": 0, "pid": os.getpid()}] + [
+                    {"index": w.index, "pid": w.pid} for w in sorted(pool.workers.values(), key=lambda w: w.index)
+                ]
+            return report
 
         def broken(failure: Failure) -> Any:
             return Json({"status": "error", "error": f"database: {failure.getErrorMessage()}"}, 503)
@@ -292,9 +307,13 @@ class ManagementApi(Resource):
         d.addCallbacks(report, broken)
         return d
 
-    def metrics(self, request: Request) -> Reply:
-        """Prometheus text format."""
-        return Reply(self.service.metrics.exposition(), CONTENT_TYPE_LATEST)
+    def metrics(self, request: Request) -> Any:
+        """Prometheus text format (the worker processes' figures added in)."""
+        metrics, pool = self.service.metrics, self.service.pool
+        if pool is None:
+            return Reply(metrics.exposition(), CONTENT_TYPE_LATEST)
+        d = pool.ask_all("metrics")
+        return d.addCallback(lambda others: Reply(metrics.exposition(others), CONTENT_TYPE_LATEST))
 
     def openapi_json(self, request: Request) -> Any:
         """The API's OpenAPI document."""
@@ -320,7 +339,7 @@ class ManagementApi(Resource):
             "mode": device.mode,
             "chain": device.chain,
             "enrolled": any(fp in manager.registry.enrollments for fp in device.host_keys),
-            "session": self._session_of(device.name) is not None,
+            "session": self._session_of(device.name) is not None or self._held_elsewhere(device.name),
         }
 
     def devices(self, request: Request) -> Any:
@@ -333,13 +352,29 @@ class ManagementApi(Resource):
         device = self._known_device(name)
         summary = self._device_summary(device)
         call = self.service.manager.sessions.get(name)
-        summary["current_session"] = _session_info(call) if call is not None else None
-        return summary
+        summary["current_session"] = session_info(call) if call is not None else None
+        worker = self.service.pool.holder(name) if self.service.pool is not None and call is None else None
+        if worker is None or worker.channel is None:
+            return summary
+
+        def add(info: Any) -> Any:
+            summary["current_session"] = info
+            return summary
+
+        return worker.channel.call("session", device=name).addCallbacks(add, lambda _: summary)
 
     def sessions(self, request: Request) -> Any:
-        """The calls connected now."""
-        calls = sorted(self.service.manager.active, key=lambda c: c.call.started if c.call else 0)
-        return {"sessions": [_session_info(c, capabilities=False) for c in calls]}
+        """The calls connected now (in every worker process)."""
+        local = [session_info(c, capabilities=False) for c in self.service.manager.active]
+        pool = self.service.pool
+        if pool is None:
+            return {"sessions": sorted(local, key=_started)}
+
+        def merge(others: list[list[dict[str, Any]]]) -> Any:
+            every = local + [info for sessions in others for info in sessions]
+            return {"sessions": sorted(every, key=_started)}
+
+        return pool.ask_all("sessions").addCallback(merge)
 
     def events(self, request: Request) -> Any:
         """Events, oldest first: since an event id or a time, for a device, of a kind."""
@@ -455,24 +490,37 @@ class ManagementApi(Resource):
         except EnrollmentError as e:
             raise ApiError(400, str(e)) from None
         self.service.manager.registry.save()
+        if self.service.pool is not None:
+            enrollment = registry.enrollments[fp]
+            self.service.pool.tell_all("approve", fingerprint=fp, name=device.name, group=group, approved_at=enrollment.approved_at)
         return self._device_summary(device)
 
     def rpc(self, request: Request, name: str) -> Any:
         """Run an RPC on the device's open persistent session."""
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        body = self._body(request)
+        if self._session_of(name) is None and self.service.pool is not None:
+            self._known_device(name)
+            forwarded = self.service.pool.forward(name, "rpc", content_type=content_type, body=base64.b64encode(body).decode("ascii"))
+            if forwarded is not None:
+                return forwarded
+        return self.run_rpc(name, content_type, body)
+
+    def run_rpc(self, name: str, content_type: str, body: bytes) -> Any:
+        """Run an RPC (an XML operation or a JSON action) on a session of this process."""
         device = self._known_device(name)
         call = self._session_of(name)
         if call is None or call.call is None or call.call.device is None or call.call.device.mode != "persistent":
             raise ApiError(409, f"device {name} has no open persistent session")
-        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/json":
-            return self._rpc_action(call, device, request)
+            return self._rpc_action(call, device, self._parse_json(body))
         if content_type in ("application/xml", "text/xml"):
-            return self._rpc_xml(call, request)
+            return self._rpc_xml(call, body)
         raise ApiError(415, "send the RPC as application/xml (an operation element) or application/json (an action)")
 
-    def _rpc_xml(self, call: "CallHomeTransport", request: Request) -> Any:
+    def _rpc_xml(self, call: "CallHomeTransport", body: bytes) -> Any:
         try:
-            root = xml.parse_message(self._body(request))
+            root = xml.parse_message(body)
         except xml.XMLRejected as e:
             raise ApiError(400, f"the body is not an acceptable operation: {e}") from None
         if xml.local_name(root) == "rpc":
@@ -493,8 +541,7 @@ class ManagementApi(Resource):
 
         return d.addCallbacks(reply, failed)
 
-    def _rpc_action(self, call: "CallHomeTransport", device: Any, request: Request) -> Any:
-        body = self._json_body(request)
+    def _rpc_action(self, call: "CallHomeTransport", device: Any, body: Any) -> Any:
         if not isinstance(body, dict) or len([k for k in body if k not in ("timeout", "on_error")]) != 1:
             raise ApiError(400, 'the body must name one action, e.g. {"get-config": {"source": "running"}}')
         action = next(k for k in body if k not in ("timeout", "on_error"))
@@ -529,6 +576,15 @@ class ManagementApi(Resource):
 
     def disconnect(self, request: Request, name: str) -> Any:
         """Close the device's session (close-session)."""
+        if self.service.manager.sessions.get(name) is None and self.service.pool is not None:
+            self._known_device(name)
+            forwarded = self.service.pool.forward(name, "api_disconnect")
+            if forwarded is not None:
+                return forwarded
+        return self.run_disconnect(name)
+
+    def run_disconnect(self, name: str) -> Any:
+        """Close the device's session in this process."""
         self._known_device(name)
         call = self.service.manager.sessions.get(name)
         if call is None:
@@ -567,7 +623,12 @@ ROUTES: tuple[tuple[bytes, str, str], ...] = (
 )
 
 
-def _session_info(call: "CallHomeTransport", capabilities: bool = True) -> dict[str, Any]:
+def _started(info: dict[str, Any]) -> str:
+    return info.get("started") or ""
+
+
+def session_info(call: "CallHomeTransport", capabilities: bool = True) -> dict[str, Any]:
+    """A call as the API shows it (``/sessions``, ``/devices/{name}``)."""
     record = call.call
     session = call.session
     info: dict[str, Any] = {

@@ -227,6 +227,8 @@ class Config:
     log_format: str = "text"
     #: the lowest level callhome logs: debug, info, warn or error.
     log_level: str = "info"
+    #: processes serving calls on the same listening sockets (1: just this one).
+    workers: int = 1
     #: things an operator should fix, each with its key path (logged at start).
     warnings: tuple[str, ...] = ()
 
@@ -241,6 +243,9 @@ class Config:
 #: fails its step instead of holding the session for ever).
 DEFAULT_STEP_TIMEOUT = 300.0
 
+#: the most worker processes a config may ask for.
+MAX_WORKERS = 64
+
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CREDENTIAL_KEYS = (
     "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
@@ -251,6 +256,7 @@ _TOP_KEYS = (
     "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
     "plugin_paths", "step_timeout", "store", "api", "shutdown_grace", "log",
+    "workers",
 )
 
 
@@ -442,8 +448,16 @@ class _Reader:
             shutdown_grace=top["shutdown_grace"].number() if "shutdown_grace" in top else 30.0,
             log_format=self.log_format(top.get("log", _Node({}, "log"))),
             log_level=self.log_level(top.get("log", _Node({}, "log"))),
+            workers=self.workers(top["workers"]) if "workers" in top else 1,
             warnings=tuple(self.warnings),
         )
+
+    def workers(self, node: _Node) -> int:
+        """Processes serving calls: at least 1, at most MAX_WORKERS."""
+        count = node.integer(1)
+        if count > MAX_WORKERS:
+            raise node.error(f"must be at most {MAX_WORKERS} (one per core is the useful maximum)")
+        return count
 
     def plugin_paths(self, node: _Node) -> None:
         """Directories holding callhome/actions/ plugin modules."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -39,6 +39,19 @@ if TYPE_CHECKING:  # pragma: no cover
 REFUSALS = frozenset(["unknown-host-key", "duplicate-refused", "not-allowed"])
 
 
+class Cluster(Protocol):
+    """
+    The other processes serving the same devices (``workers: N``): one
+    device has one session across all of them.
+    """
+
+    def claim(self, device: str, call: "CallHomeTransport") -> bool:
+        """A call of C{device} was identified here: False refuses it (a duplicate elsewhere)."""
+
+    def release(self, device: str, call_id: str) -> None:
+        """The call C{call_id} of C{device} ended here."""
+
+
 class Manager:
     """
     Serves call homes for one configuration.
@@ -49,6 +62,7 @@ class Manager:
     @ivar chains: the chains running now (a graceful stop waits for them).
     @ivar store: where results metadata and events go (None: nowhere).
     @ivar metrics: the service's Prometheus metrics.
+    @ivar cluster: the other worker processes, if any.
     """
 
     log = Logger(namespace="callhome")
@@ -73,6 +87,7 @@ class Manager:
         self.active: set["CallHomeTransport"] = set()
         self.sessions: dict[str, "CallHomeTransport"] = {}
         self.chains: set[defer.Deferred[Any]] = set()
+        self.cluster: Cluster | None = None
         self.counts: Counter[str] = Counter()
         self.notifications_received = 0
         #: bytes received on calls that have ended (open ones are summed live).
@@ -205,16 +220,25 @@ class Manager:
                 "(duplicate_sessions: replace)",
                 device=device.name, peer=record.peer, old=current.call.peer if current.call else "?",
             )
-            if current.call is not None:
-                current.call.reason = "replaced by a new call from the same device"
-                current.call.outcome = "replaced"
-            if current.session is not None:
-                current.session.close()
-            else:
-                current.hang_up()
+            self.replace(current)
+        if self.cluster is not None and not self.cluster.claim(device.name, call):
+            record.outcome = "duplicate-refused"
+            record.reason = f"device {device.name} already has a session in another worker (duplicate_sessions: reject)"
+            self.log.warn("refused call from {peer}: {reason}", peer=record.peer, reason=record.reason)
+            return None
         self.sessions[device.name] = call
         self.registry.transition(device, "connecting", source=record.peer, fingerprint=fingerprint)
         return device
+
+    def replace(self, current: "CallHomeTransport") -> None:
+        """duplicate_sessions: replace: close this (older) session of a device that called again."""
+        if current.call is not None:
+            current.call.reason = "replaced by a new call from the same device"
+            current.call.outcome = "replaced"
+        if current.session is not None:
+            current.session.close()
+        else:
+            current.hang_up()
 
     def _unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> Device | None:
         """A proved but unknown key: quarantine it, or accept it (lab)."""
@@ -375,6 +399,8 @@ class Manager:
             self.metrics.calls_refused.labels(record.outcome).inc()
         if record.device is not None and self.sessions.get(record.device.name) is call:
             del self.sessions[record.device.name]
+            if self.cluster is not None:
+                self.cluster.release(record.device.name, record.id)
             self.registry.transition(record.device, _status_after(record.outcome), error=None if record.outcome == "ok" else record.reason)
         self.counts[record.outcome] += 1
         steps = record.steps

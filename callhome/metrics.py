@@ -9,14 +9,20 @@ rather than kept up to date on every change.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections import defaultdict
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+#: gauges of state every process shares (the main process's view counts,
+#: not the sum over the worker processes).
+SHARED_GAUGES = frozenset(["callhome_devices_known", "callhome_devices_quarantined"])
 
 #: RPC latency buckets (seconds): from a LAN device's get to a slow commit.
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -67,9 +73,52 @@ class Metrics:
         self.rpcs.labels(operation, outcome).inc()
         self.rpc_latency.labels(operation).observe(seconds)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
-        return generate_latest(self.registry)
+    def samples(self) -> list[list[Any]]:
+        """
+        This process's samples as plain values, [family, sample, labels,
+        value], for the main process to add to its own (``workers: N``).
+        """
+        return [
+            [family.name, sample.name, sample.labels, sample.value]
+            for family in self.registry.collect() if family.name not in SHARED_GAUGES
+            for sample in family.samples if not sample.name.endswith("_created")
+        ]
+
+    def exposition(self, others: Iterable[list[list[Any]]] = ()) -> bytes:
+        """
+        The Prometheus text format of every metric, with the samples of
+        other processes (see L{samples}) added to this one's.
+        """
+        extra: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = defaultdict(lambda: defaultdict(float))
+        for samples in others:
+            for family, name, labels, value in samples:
+                extra[family][(name, tuple(sorted(labels.items())))] += value
+        if not extra:
+            return generate_latest(self.registry)
+        families = []
+        for family in self.registry.collect():
+            added = extra.get(family.name)
+            if added:
+                merged = []
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    merged.append(sample._replace(value=sample.value + added.pop(key, 0.0)))
+                # Label values only other processes have seen.
+                for (name, labels), value in added.items():
+                    merged.append(Sample(name, dict(labels), value))
+                family.samples = merged
+            families.append(family)
+        return generate_latest(_Families(families))
+
+
+class _Families:
+    """Collected metric families, as C{generate_latest} reads a registry."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
 
 
 class _FunctionCounter(Collector):

@@ -359,6 +359,42 @@ class Registry:
             self._dirty_pending.update(str(q.get("fingerprint")) for q in quarantined if isinstance(q, dict))
         return devices, quarantined
 
+    def changes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+        """
+        What changed since the last save, as plain values: device statuses,
+        quarantined keys, and fingerprints no longer quarantined (a worker
+        process sends these to the main one before it saves).
+        """
+        statuses = [dict(vars(self.status[n])) for n in self._dirty_status if n in self.status]
+        pending = [dict(vars(self.pending[f])) for f in self._dirty_pending if f in self.pending]
+        dropped = [f for f in self._dirty_pending if f not in self.pending]
+        return statuses, pending, dropped
+
+    def mirror(self, statuses: list[dict[str, Any]], pending: list[dict[str, Any]], dropped: list[str]) -> None:
+        """
+        Take another process's changes (see L{changes}) into memory: that
+        process writes them to the store itself, so nothing is marked to save.
+        """
+        for raw in statuses:
+            try:
+                status = DeviceStatus(**raw)
+            except TypeError:
+                continue
+            self.status[status.name] = status
+        for raw in pending:
+            try:
+                entry = PendingDevice(**raw)
+            except TypeError:
+                continue
+            if entry.fingerprint not in self._by_fingerprint:
+                self.pending[entry.fingerprint] = entry
+        for fp in dropped:
+            self.pending.pop(fp, None)
+
+    def enroll(self, fingerprint: str, name: str, group: str | None, approved_at: float) -> Device:
+        """Apply an approval another process made (and stored) to this one's memory."""
+        return self._enroll(Enrollment(fingerprint, name, group, approved_at))
+
     def save(self) -> None:
         """Queue what changed since the last save for the store."""
         if self.store is None:

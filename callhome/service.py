@@ -15,8 +15,11 @@ session, write the store, exit 0.
 
 from __future__ import annotations
 
+import os
 import signal
-from typing import Any, Callable
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -35,6 +38,9 @@ from callhome.manager import Manager
 from callhome.metrics import Metrics
 from callhome.registry import Registry
 from callhome.store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from callhome.workers import WorkerPool
 
 #: seconds between retention passes over the store.
 RETENTION_INTERVAL = 3600.0
@@ -74,6 +80,35 @@ class EndpointListener(Service):
         return defer.maybeDeferred(port.stopListening) if port is not None else None
 
 
+class AdoptedListener(EndpointListener):
+    """
+    Accepts on a listening socket inherited from the main process (a
+    worker process of ``workers: N``).
+    """
+
+    def __init__(self, description: str, fd: int, reactor: Any, factory: ServerFactory) -> None:
+        super().__init__(description, None, factory)  # type: ignore[arg-type]
+        self.fd = fd
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        """Accept on the inherited socket (the reactor takes its own copy)."""
+        Service.startService(self)
+        with socket.socket(fileno=os.dup(self.fd)) as probe:
+            family = probe.family
+        self.port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
+        os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What makes a service a worker process: its number and the sockets it inherited."""
+
+    index: int
+    #: listen description -> inherited file descriptor.
+    inherited: dict[str, int]
+
+
 class ReloadError(Exception):
     """A reload was refused; the running config is unchanged."""
 
@@ -90,12 +125,15 @@ class CallHomeService(MultiService):
 
     log = Logger(namespace="callhome")
 
-    def __init__(self, config: Config, reactor: Any, handle_signals: bool = False) -> None:
+    def __init__(self, config: Config, reactor: Any, handle_signals: bool = False, worker: WorkerRole | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.handle_signals = handle_signals
+        self.worker = worker
         self.stopping = False
+        #: called before each housekeeping save (a worker reports its changes).
+        self.before_save: Callable[[], None] | None = None
         logs.set_level(config.log_level)
         self.store = Store(config.store.database, reactor)
         snapshot = self.store.open()
@@ -107,12 +145,21 @@ class CallHomeService(MultiService):
             self.log.warn("config: {warning}", warning=warning)
         # Registry upkeep: pick up approvals, write status, forget old blocks.
         self._timer(1.0, self._housekeeping)
-        self._timer(RETENTION_INTERVAL, self._retention)
+        if worker is None:  # the main process prunes for every process
+            self._timer(RETENTION_INTERVAL, self._retention)
         self.listeners: dict[str, EndpointListener] = {}
         for description in config.listen:
             self._add_listener(description)
+        self.pool: "WorkerPool | None" = None
+        if worker is None and config.workers > 1:
+            from callhome.workers import WorkerPool
+
+            # After the listeners: it starts once they are bound.
+            self.pool = WorkerPool(self, config.workers)
+            self.pool.setServiceParent(self)
+            self.manager.cluster = self.pool
         self.api: EndpointListener | None = None
-        if config.api.listen is not None:
+        if config.api.listen is not None and worker is None:
             from callhome.api import api_site
 
             endpoint = serverFromString(reactor, config.api.listen)
@@ -131,6 +178,8 @@ class CallHomeService(MultiService):
             # Our own PROXY wrapper: admission by the device's address.
             inner = description[len("haproxy:"):]
             factory = ProxiedCallFactory(self.manager)
+        if self.worker is not None:
+            return AdoptedListener(description, self.worker.inherited[description], self.reactor, factory)
         endpoint = serverFromString(self.reactor, with_backlog(inner))
         return EndpointListener(description, endpoint, factory)
 
@@ -141,6 +190,8 @@ class CallHomeService(MultiService):
         return listener
 
     def _housekeeping(self) -> None:
+        if self.before_save is not None:
+            self.before_save()
         self.manager.registry.tick()
         self.manager.admission.prune()
 
@@ -172,15 +223,21 @@ class CallHomeService(MultiService):
     def startService(self) -> None:
         """Start listening; say where and for how many devices."""
         super().startService()
+        if self.worker is not None:
+            self.log.info("worker {index} accepting calls on {endpoints}", index=self.worker.index,
+                          endpoints=", ".join(_show(a) for a in self.addresses()))
+            self.manager.event("started", f"worker {self.worker.index} started")
+            return
         api = self.api_address()
         self.log.info(
             "callhome listening on {endpoints} for {count} devices; results in {results_dir}; "
-            "database {database}; API {api}",
+            "database {database}; API {api}{workers}",
             endpoints=", ".join(_show(a) for a in self.addresses()),
             count=len(self.manager.registry.devices()),
             results_dir=str(self.config.results_dir),
             database=str(self.config.store.database),
             api=_show(api) if api is not None else "off",
+            workers=f"; {self.config.workers} processes" if self.config.workers > 1 else "",
         )
         self.manager.event("started", "service started")
         if self.handle_signals:
@@ -234,6 +291,11 @@ class CallHomeService(MultiService):
         old = self.config
         added = [d for d in new.listen if d not in self.listeners]
         removed = [d for d in self.listeners if d not in new.listen]
+        processes = old.workers > 1 or self.worker is not None
+        if processes:
+            # The worker processes inherited the listening sockets when they
+            # started: listeners change with a restart.
+            added, removed = [], []
         bound: list[EndpointListener] = []
         for description in added:
             listener = self._listener(description)
@@ -263,8 +325,12 @@ class CallHomeService(MultiService):
                 ("api", old.api != new.api),
                 ("store.database", old.store.database != new.store.database),
                 ("log", old.log_format != new.log_format),
+                ("listen", processes and list(old.listen) != list(new.listen)),
+                ("workers", old.workers != new.workers),
             ) if changed
         ]
+        if self.pool is not None:
+            self.pool.tell_all("reload")
         summary = {
             "listeners_added": added,
             "listeners_removed": removed,
@@ -295,10 +361,14 @@ class CallHomeService(MultiService):
         """
         self.stopping = True
         stops = [defer.maybeDeferred(l.stopService) for l in self.listeners.values()]
+        # The workers stop the same way, at the same time.
+        workers = self.pool.stop_workers() if self.pool is not None else None
         stopped: defer.Deferred[Any] = defer.DeferredList(stops, consumeErrors=True)
         stopped.addCallback(lambda _: self._wait_for_chains())
         stopped.addCallback(lambda _: self.manager.close_all())
         stopped.addCallback(lambda _: self.manager.drained(timeout=10.0))
+        if workers is not None:
+            stopped.addCallback(lambda _: workers)
         stopped.addErrback(lambda f: self.log.failure("error while closing sessions", f))
         # Whatever happened above, what is queued is written.
         stopped.addBoth(lambda _: self._final_write())
@@ -329,7 +399,8 @@ class CallHomeService(MultiService):
 
     def _final_write(self) -> defer.Deferred[None]:
         self.manager.registry.save()
-        self.manager.event("stopped", "service stopped", counts=dict(self.manager.counts))
+        who = f"worker {self.worker.index}" if self.worker is not None else "service"
+        self.manager.event("stopped", f"{who} stopped", counts=dict(self.manager.counts))
         return self.store.close()
 
     def _stop_rest(self, result: Any) -> defer.Deferred[Any]:

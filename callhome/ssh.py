@@ -126,12 +126,24 @@ class CallRecord:
 
 
 _BOOT = f"{int(time.time()):x}"
+_call_prefix = _BOOT
 _call_numbers = itertools.count(1)
 
 
 def next_call_id() -> str:
-    """A new call id: the service's start time and a counter, e.g. 6745a1b2-17."""
-    return f"{_BOOT}-{next(_call_numbers)}"
+    """
+    A new call id: the service's start time and a counter, e.g. 6745a1b2-17;
+    a worker process adds its number (6745a1b2w1-17), so ids stay unique
+    across the processes sharing one database.
+    """
+    return f"{_call_prefix}-{next(_call_numbers)}"
+
+
+def set_worker(index: int, boot: str | None = None) -> None:
+    """Make this process's call ids those of worker C{index} (0: the main process)."""
+    global _call_prefix
+    base = boot or _BOOT
+    _call_prefix = base if index == 0 else f"{base}w{index}"
 
 
 class CallHomeTransport(transport.SSHClientTransport):

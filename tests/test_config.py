@@ -310,6 +310,13 @@ class OperationsConfigTests(SynchronousTestCase):
         self.assertEqual(str(loaded.store.database), "var/callhome.sqlite")
         self.assertEqual((loaded.shutdown_grace, loaded.log_format, loaded.log_level), (30.0, "text", "info"))
 
+    def test_workers(self):
+        self.assertEqual(self.load("").workers, 1)
+        self.assertEqual(self.load("workers: 2").workers, 2)
+        self.assertEqual(self.error("workers: 0"), "workers: must be at least 1")
+        self.assertEqual(self.error("workers: two"), "workers: must be a whole number, got text")
+        self.assertIn("workers: must be at most 64", self.error("workers: 65"))
+
     def test_api_off_the_loopback_needs_a_token(self):
         for listen in ("tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp6:8080:interface=\\\\:\\\\:"):
             self.assertIn("api.listen: ", self.error(f'api: {{listen: "{listen}"}}'))
