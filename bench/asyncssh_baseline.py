@@ -1,14 +1,16 @@
 """
 The baseline: a minimal call-home manager on asyncssh's ``listen_reverse``.
 
-    python bench/asyncssh_baseline.py PORT CLIENT_KEY HOST_KEYS_DIR RESULTS_DIR
+    python bench/asyncssh_baseline.py PORT CLIENT_KEY HOST_KEYS_DIR RESULTS_DIR [persistent]
 
 It does the same session as callhome's periodic chain: accept, SSH with the
 device's host key checked against the known ones and public-key auth,
 NETCONF hellos (base:1.1), one ``<get>``, the reply saved to a file
 (temporary file and rename), ``<close-session>``, disconnect.  Nothing
 more: no registry, no status, no logging, so it is the cheapest manager one
-can write on asyncssh.  Same control lines as ``bench/ours.py``.
+can write on asyncssh.  With ``persistent`` it keeps each session open
+after the ``<get>`` (no close-session), with SSH keepalives every 30 s, as
+callhome's persistent mode does.  Same control lines as ``bench/ours.py``.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ async def read_chunked(reader: asyncssh.SSHReader) -> bytes:
 
 
 class Baseline:
-    def __init__(self, results: Path, names: dict[bytes, str], client_key: asyncssh.SSHKey) -> None:
+    def __init__(self, results: Path, names: dict[bytes, str], client_key: asyncssh.SSHKey, persistent: bool = False) -> None:
         self.results = results
+        self.persistent = persistent
+        #: persistent sessions held open: connection -> its channel's writer.
+        self.held: dict[asyncssh.SSHClientConnection, object] = {}
         self.names = names
         self.client_key = client_key
         self.latencies: list[float] = []
@@ -80,6 +85,13 @@ class Baseline:
             f.write(reply)
         os.replace(tmp, folder / f"{time.time():.6f}-get.xml")
         self.latencies.append(time.monotonic() - accepted)
+        if self.persistent:
+            # Keep nothing of the reply while held (callhome keeps none either).
+            del reply
+            self.held[conn] = writer
+            await conn.wait_closed()
+            self.held.pop(conn, None)
+            return
         writer.write(chunk(CLOSE))
         await read_chunked(reader)
         conn.close()
@@ -91,7 +103,8 @@ async def main() -> None:
     files = sorted(Path(host_keys_dir).glob("*.pub"))
     known = [asyncssh.read_public_key(str(p)) for p in files]
     names = {key.public_data: path.stem for key, path in zip(known, files)}
-    baseline = Baseline(Path(results), names, client_key)
+    persistent = sys.argv[5:6] == ["persistent"]
+    baseline = Baseline(Path(results), names, client_key, persistent)
 
     def acceptor(conn: asyncssh.SSHClientConnection) -> None:
         accepted = time.monotonic()
@@ -103,6 +116,7 @@ async def main() -> None:
         known_hosts=(known, [], []), acceptor=acceptor, backlog=1024,
         encryption_algs=["aes128-ctr"], mac_algs=["hmac-sha2-256"], compression_algs=None,
         kex_algs=["curve25519-sha256"],
+        keepalive_interval=30 if persistent else 0, keepalive_count_max=3,
     )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -113,6 +127,10 @@ async def main() -> None:
         if line == "cpu":
             r = resource.getrusage(resource.RUSAGE_SELF)
             print(json.dumps({"cpu": r.ru_utime + r.ru_stime, "maxrss_kib": r.ru_maxrss}), flush=True)
+        elif line == "held":
+            with open("/proc/self/statm") as f:
+                resident_pages = int(f.read().split()[1])
+            print(json.dumps({"sessions": len(baseline.held), "rss_kib": resident_pages * resource.getpagesize() // 1024}), flush=True)
         elif line == "latency":
             print(json.dumps({"latencies": baseline.latencies[:]}), flush=True)
             baseline.latencies.clear()

@@ -6,7 +6,8 @@ The callhome manager as a benchmark subject, in its own process.
 Runs the real service (registry, chain, saving, status) on the config and
 answers one-line commands on stdin, each with one JSON line on stdout:
 
-    cpu      {"cpu": seconds of user+system CPU (getrusage, this process), "maxrss_kib": ...}
+    cpu      {"cpu": seconds of user+system CPU (getrusage, this process, plus its worker
+              processes with workers: N), "maxrss_kib": ...}
     held     {"sessions": persistent sessions held (chain done, keepalives on), "rss_kib": resident memory now}
     latency  {"latencies": [seconds from TCP accept to the reply saved, ...]}  (and clears them)
     quit
@@ -15,6 +16,7 @@ answers one-line commands on stdin, each with one JSON line on stdout:
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -28,10 +30,24 @@ from callhome import config as config_module  # noqa: E402
 from callhome.service import CallHomeService  # noqa: E402
 
 
-def usage() -> dict[str, float]:
-    """This process's CPU seconds and peak RSS."""
+def process_cpu(pid: int) -> float:
+    """User+system CPU seconds of another process (a worker), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def usage(service: CallHomeService | None = None) -> dict[str, float]:
+    """CPU seconds of this process and its worker processes (``workers: N``); this one's peak RSS."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": r.ru_utime + r.ru_stime, "maxrss_kib": r.ru_maxrss}
+    cpu = r.ru_utime + r.ru_stime
+    pool = service.pool if service is not None else None
+    if pool is not None:
+        cpu += sum(process_cpu(w.pid) for w in pool.workers.values() if w.pid is not None)
+    return {"cpu": cpu, "maxrss_kib": r.ru_maxrss}
 
 
 class Control(LineReceiver):
@@ -39,14 +55,15 @@ class Control(LineReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self, latencies: list[float], manager: object) -> None:
+    def __init__(self, latencies: list[float], service: CallHomeService) -> None:
         self.latencies = latencies
-        self.manager = manager
+        self.service = service
+        self.manager = service.manager
 
     def lineReceived(self, line: bytes) -> None:
         command = line.strip().decode()
         if command == "cpu":
-            self.sendLine(json.dumps(usage()).encode())
+            self.sendLine(json.dumps(usage(self.service)).encode())
         elif command == "held":
             with open("/proc/self/statm") as f:
                 resident_pages = int(f.read().split()[1])
@@ -87,7 +104,7 @@ def main() -> None:
     manager.identify = identify_and_note  # type: ignore[method-assign]
     manager.results.save = save_and_note  # type: ignore[method-assign]
     service.startService()
-    stdio.StandardIO(Control(latencies, manager))
+    stdio.StandardIO(Control(latencies, service))
     print(json.dumps({"ready": True}), flush=True)
     reactor.run()
 

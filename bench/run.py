@@ -214,11 +214,11 @@ def large_reply(megabytes: int) -> bool:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def held(count: int, window: float = 30.0) -> bool:
+def held(count: int, baseline: bool, window: float = 30.0) -> bool:
     """
-    Persistent sessions: hold C{count} open with keepalives every 30 s;
-    print the manager's resident memory per held session and the CPU it
-    spends per second keeping them alive.
+    Persistent sessions: hold C{count} open with keepalives every 30 s, in
+    callhome and (if C{baseline}) in the asyncssh manager; print resident
+    memory per held session and the CPU spent per second keeping them.
     """
     import resource as _resource
 
@@ -232,13 +232,41 @@ def held(count: int, window: float = 30.0) -> bool:
     text = config.read_text().replace("{port}", str(port))
     text = text.replace("chain: bench}", "chain: bench, mode: persistent}") + "ssh: {keepalive_interval: 30, keepalive_max_missed: 3}\n"
     config.write_text(text)
-    subject = Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)
+    subjects = [("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)]
+    if baseline:
+        base_port = free_port()
+        subjects.append(("asyncssh", [
+            sys.executable, str(REPO / "bench" / "asyncssh_baseline.py"), str(base_port),
+            str(work / "manager_ed25519"), str(work / "devices"), str(work / "baseline-results"), "persistent",
+        ], base_port))
+    figures: dict[str, tuple[float, float]] = {}
+    complete = True
+    try:
+        for name, argv, subject_port in subjects:
+            per_session, cpu_share, held_now, opened = _hold(Subject(name, argv, subject_port), work, count, window)
+            figures[name] = (per_session, cpu_share)
+            complete &= held_now == count
+            print(f"held sessions ({name}): {held_now} of {count} open after {opened:.0f} s; "
+                  f"{per_session:.1f} KiB RSS per session; keeping them (keepalive every 30 s) costs "
+                  f"{cpu_share:.2f} % of one core", flush=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    if "asyncssh" in figures:
+        ours, base = figures["callhome"], figures["asyncssh"]
+        print(f"held sessions, ratio ours/asyncssh: memory {ours[0] / base[0]:.2f}, keepalive CPU {ours[1] / max(base[1], 1e-9):.2f}")
+    return complete
+
+
+def _hold(subject: Subject, work: Path, count: int, window: float) -> tuple[float, float, int, float]:
+    """Hold C{count} sessions on one manager: KiB per session, % of a core, sessions held, seconds to open."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     devices = None
     try:
         before = subject.ask("held")["rss_kib"]
         devices = subprocess.Popen(
-            [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{subject.port}",
              "--host-key", str(work / "devices" / "base"), "--devices", str(count), "--count", str(count),
              "--concurrency", str(count), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet",
              "--timeout", "3600", "--retries", "1000"],
@@ -261,14 +289,59 @@ def held(count: int, window: float = 30.0) -> bool:
             devices.kill()
             devices.wait()
         subject.stop()
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
     held_now = after["sessions"]
-    print(f"held sessions: {held_now} of {count} open after {opened:.0f} s; manager RSS {before / 1024:.0f} MiB "
-          f"-> {state['rss_kib'] / 1024:.0f} MiB = {(state['rss_kib'] - before) / max(held_now, 1):.1f} KiB per session; "
-          f"keeping them (keepalive every 30 s) costs {100 * cpu / window:.2f} % of one core")
-    return held_now == count
+    return (state["rss_kib"] - before) / max(held_now, 1), 100 * cpu / window, held_now, opened
+
+
+def scaling(sessions: int, concurrency: int, rounds: int) -> None:
+    """
+    workers: 1 against workers: 2, the same periodic load: sessions/s, the
+    manager's CPU per session (every process of it) and the load
+    generator's share of the machine's CPU (it runs on the same cores).
+    """
+    cores = os.cpu_count() or 1
+    rows = []
+    for workers in (1, 2):
+        work = Path(tempfile.mkdtemp(prefix="callhome-scaling-"))
+        try:
+            prepare(work, sessions)
+            port = free_port()
+            config = work / "config.yaml"
+            config.write_text(config.read_text().replace("{port}", str(port)) + f"workers: {workers}\n")
+            subject = Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)
+            time.sleep(1.0)  # the worker processes start
+            rates, cpus, load_shares, served_min = [], [], [], sessions
+            try:
+                for _ in range(rounds):
+                    before = subject.ask("cpu")["cpu"]
+                    children = _children_cpu()
+                    wall, served, _ = load(port, work, sessions, concurrency)
+                    load_cpu = _children_cpu() - children
+                    after = subject.ask("cpu")["cpu"]
+                    rates.append(served / wall)
+                    cpus.append((after - before) * 1000 / max(served, 1))
+                    load_shares.append(100 * load_cpu / (wall * cores))
+                    served_min = min(served_min, served)
+            finally:
+                subject.stop()
+        finally:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        rows.append((workers, statistics.median(rates), statistics.median(cpus), statistics.median(load_shares), served_min))
+    print(f"workers scaling: {sessions} sessions x {rounds} rounds, concurrency {concurrency}, {cores} cores, medians")
+    print(f"{'':22}{'sessions/s':>12}{'CPU ms/session':>16}{'load gen % of machine':>24}{'served':>9}")
+    for workers, rate, cpu, share, served in rows:
+        print(f"{f'workers: {workers}':22}{rate:12.1f}{cpu:16.2f}{share:24.1f}{served:9d}")
+    print(f"{'speed-up 2/1':22}{rows[1][1] / rows[0][1]:12.2f}")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this script's ended children (the load generator runs)."""
+    import resource as _resource
+
+    r = _resource.getrusage(_resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm", type=int, default=2000, help="devices in the reconnect storm (0: skip)")
     parser.add_argument("--large-mb", type=int, default=50, help="size of the large <get> reply in MB (0: skip)")
     parser.add_argument("--held", type=int, default=10000, help="persistent sessions to hold open (0: skip)")
+    parser.add_argument("--no-workers", dest="workers", action="store_false", help="skip the workers: 1 vs 2 run")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb, args.held = 20, 10, 1, 50, 1, 0
+        args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb, args.held = 20, 10, 1, 50, 1, 20
     work = Path(tempfile.mkdtemp(prefix="callhome-bench-"))
     prepare(work, args.sessions)
     subjects: list[Subject] = []
@@ -340,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
             failed |= not storm(args.storm)
         if args.large_mb:
             failed |= not large_reply(args.large_mb)
+        if args.workers:
+            scaling(args.sessions, args.concurrency, args.rounds)
         if args.held:
-            failed |= not held(args.held)
+            failed |= not held(args.held, baseline="asyncssh" in medians, window=2.0 if args.quick else 30.0)
         return 1 if failed else 0
     finally:
         for subject in subjects:
