@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -130,6 +130,15 @@ def check_enrollment(config: Config, enrollment: Enrollment, taken: dict[str, st
         if profile is None:
             raise EnrollmentError("defaults have no complete credentials and chain: approve into a --group")
     return Device.from_profile(enrollment.name, frozenset([fp]), profile, enrollment.group)
+
+
+def _records(kind: Any, raws: list[dict[str, Any]]) -> Iterator[Any]:
+    """The entries of C{raws} that make a C{kind} (a stored or reported row); others are skipped."""
+    for raw in raws:
+        try:
+            yield kind(**raw)
+        except TypeError:
+            continue
 
 
 class Registry:
@@ -325,20 +334,12 @@ class Registry:
         devices, quarantined = snapshot.devices, snapshot.quarantine
         if not devices and not quarantined:
             devices, quarantined = self._legacy_state()
-        for raw in devices:
-            try:
-                status = DeviceStatus(**raw)
-            except TypeError:
-                continue
+        for status in _records(DeviceStatus, devices):
             if status.status not in ("failed-auth", "failed-not-allowed"):
                 # Nothing is connected to a service that has just started.
                 status.status = "disconnected"
             self.status[status.name] = status
-        for raw in quarantined:
-            try:
-                pending = PendingDevice(**raw)
-            except TypeError:
-                continue
+        for pending in _records(PendingDevice, quarantined):
             self.pending[pending.fingerprint] = pending
         self._apply_enrollments(snapshot.enrollments, "the database", persist=False)
 
@@ -375,17 +376,9 @@ class Registry:
         Take another process's changes (see L{changes}) into memory: that
         process writes them to the store itself, so nothing is marked to save.
         """
-        for raw in statuses:
-            try:
-                status = DeviceStatus(**raw)
-            except TypeError:
-                continue
+        for status in _records(DeviceStatus, statuses):
             self.status[status.name] = status
-        for raw in pending:
-            try:
-                entry = PendingDevice(**raw)
-            except TypeError:
-                continue
+        for entry in _records(PendingDevice, pending):
             if entry.fingerprint not in self._by_fingerprint:
                 self.pending[entry.fingerprint] = entry
         for fp in dropped:
