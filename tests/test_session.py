@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from callhome.netconf import xml
+from callhome.netconf import operations, xml
 from callhome.netconf.framing import ChunkedFramer, EndOfMessageFramer
 from callhome.netconf.session import NetconfSession, RPCTimeout, SessionClosed
 
@@ -87,7 +87,7 @@ class HelloTests(SessionTestCase):
         """After the hellos, both directions use chunked framing."""
         session = self.established()
         self.assertEqual(session.framing, "base:1.1")
-        session.rpc(xml.get())
+        session.rpc(operations.get())
         self.assertTrue(self.transport.value().startswith(b"\n#"))
 
     def test_end_of_message_when_device_offers_only_base_1_0(self):
@@ -96,7 +96,7 @@ class HelloTests(SessionTestCase):
         session.dataReceived(server_hello(capabilities=(xml.BASE_1_0,)))
         self.transport.clear()
         self.assertEqual(session.framing, "base:1.0")
-        session.rpc(xml.get())
+        session.rpc(operations.get())
         self.assertTrue(self.transport.value().endswith(b"]]>]]>"))
 
     def test_end_of_message_when_we_offer_only_base_1_0(self):
@@ -119,7 +119,7 @@ class HelloTests(SessionTestCase):
 
         def on_hello(_):
             nonlocal d
-            d = session.rpc(xml.get())
+            d = session.rpc(operations.get())
 
         session.hello_received.addCallback(on_hello)
         session.dataReceived(server_hello())
@@ -184,8 +184,8 @@ class RPCTests(SessionTestCase):
         """Replies are matched by message-id, whatever order they come in."""
         session = self.established()
         first, second = [], []
-        session.rpc(xml.get()).addCallback(first.append)
-        session.rpc(xml.get_config()).addCallback(second.append)
+        session.rpc(operations.get()).addCallback(first.append)
+        session.rpc(operations.get_config()).addCallback(second.append)
         sent = self.sent_messages(ChunkedFramer())
         self.assertEqual([m.get("message-id") for m in sent], ["1", "2"])
         session.dataReceived(ChunkedFramer.encode(reply("2", "<data><b/></data>")))
@@ -198,7 +198,7 @@ class RPCTests(SessionTestCase):
         """An rpc-error reaches the caller with every field the device gave."""
         session = self.established()
         failures = []
-        session.rpc(xml.get()).addErrback(failures.append)
+        session.rpc(operations.get()).addErrback(failures.append)
         body = (
             "<rpc-error><error-type>application</error-type><error-tag>invalid-value</error-tag>"
             "<error-severity>error</error-severity><error-app-tag>too-big</error-app-tag>"
@@ -218,7 +218,7 @@ class RPCTests(SessionTestCase):
         """Warnings do not fail an RPC; they are kept on the reply."""
         session = self.established()
         replies = []
-        session.rpc(xml.get()).addCallback(replies.append)
+        session.rpc(operations.get()).addCallback(replies.append)
         body = "<rpc-error><error-type>application</error-type><error-tag>x</error-tag><error-severity>warning</error-severity></rpc-error><ok/>"
         session.dataReceived(ChunkedFramer.encode(reply("1", body)))
         self.assertEqual(replies[0].warnings[0].severity, "warning")
@@ -228,7 +228,7 @@ class RPCTests(SessionTestCase):
         """A device that never answers fails the RPC after its timeout."""
         session = self.established(rpc_timeout=10)
         failures = []
-        session.rpc(xml.get()).addErrback(failures.append)
+        session.rpc(operations.get()).addErrback(failures.append)
         self.clock.advance(9)
         self.assertEqual(failures, [])
         self.clock.advance(2)
@@ -238,14 +238,14 @@ class RPCTests(SessionTestCase):
         """rpc(timeout=) overrides the session default."""
         session = self.established(rpc_timeout=100)
         failures = []
-        session.rpc(xml.get(), timeout=1).addErrback(failures.append)
+        session.rpc(operations.get(), timeout=1).addErrback(failures.append)
         self.clock.advance(1.5)
         failures[0].trap(RPCTimeout)
 
     def test_late_reply_after_timeout_is_dropped_not_fatal(self):
         """A reply to an RPC we gave up on is logged and ignored, session kept."""
         session = self.established(rpc_timeout=1)
-        session.rpc(xml.get()).addErrback(lambda f: None)
+        session.rpc(operations.get()).addErrback(lambda f: None)
         self.clock.advance(2)
         session.dataReceived(ChunkedFramer.encode(reply("1")))
         self.assertIsNone(session.close_reason)
@@ -253,7 +253,7 @@ class RPCTests(SessionTestCase):
     def test_cancel_abandons(self):
         """Cancelling an RPC frees its slot; a late reply is not an error."""
         session = self.established()
-        d = session.rpc(xml.get())
+        d = session.rpc(operations.get())
         d.addErrback(lambda f: f.trap(defer.CancelledError))
         d.cancel()
         session.dataReceived(ChunkedFramer.encode(reply("1")))
@@ -264,7 +264,7 @@ class RPCTests(SessionTestCase):
         session = self.established()
         failures = []
         for _ in range(3):
-            session.rpc(xml.get()).addErrback(failures.append)
+            session.rpc(operations.get()).addErrback(failures.append)
         self.lose(session)
         self.assertEqual(len(failures), 3)
         for f in failures:
@@ -274,18 +274,18 @@ class RPCTests(SessionTestCase):
         """An RPC on a closed session fails immediately."""
         session = self.established()
         self.lose(session)
-        self.failureResultOf(session.rpc(xml.get()), SessionClosed)
+        self.failureResultOf(session.rpc(operations.get()), SessionClosed)
 
     def test_rpc_before_hello_fails(self):
         """No RPC before the session is established."""
         session = self.make_session()
-        self.failureResultOf(session.rpc(xml.get()), SessionClosed)
+        self.failureResultOf(session.rpc(operations.get()), SessionClosed)
 
     def test_unknown_message_id_closes(self):
         """A reply to something we never asked is a broken or hostile device."""
         session = self.established()
         failures = []
-        session.rpc(xml.get()).addErrback(failures.append)
+        session.rpc(operations.get()).addErrback(failures.append)
         session.dataReceived(ChunkedFramer.encode(reply("99")))
         self.assertIn("unknown message-id", session.close_reason)
         self.lose(session)
@@ -327,8 +327,8 @@ class RPCTests(SessionTestCase):
         """What was received before a bad message is delivered, not lost."""
         session = self.established()
         replies, failures = [], []
-        session.rpc(xml.get()).addCallback(replies.append)
-        session.rpc(xml.get()).addErrback(failures.append)
+        session.rpc(operations.get()).addCallback(replies.append)
+        session.rpc(operations.get()).addErrback(failures.append)
         session.dataReceived(ChunkedFramer.encode(reply("1")) + b"\n#garbage")
         self.assertEqual(len(replies), 1)
         self.lose(session)
@@ -384,7 +384,7 @@ class LargeMessageTests(SessionTestCase):
         """A large reply arrives whole; its tree is built only when asked for."""
         session = self.established()
         replies = []
-        session.rpc(xml.get()).addCallback(replies.append)
+        session.rpc(operations.get()).addCallback(replies.append)
         raw = self.big_reply("1")
         self.assertGreater(len(raw), xml.STREAM_THRESHOLD)
         session.dataReceived(ChunkedFramer.encode(raw))
@@ -397,7 +397,7 @@ class LargeMessageTests(SessionTestCase):
         """A large reply carrying an rpc-error still fails its RPC with the error."""
         session = self.established()
         failures = []
-        session.rpc(xml.get()).addErrback(failures.append)
+        session.rpc(operations.get()).addErrback(failures.append)
         error = "<rpc-error><error-type>application</error-type><error-tag>too-big</error-tag><error-severity>error</error-severity></rpc-error>"
         session.dataReceived(ChunkedFramer.encode(self.big_reply("1", error)))
         self.assertEqual(failures[0].value.tag, "too-big")
@@ -410,6 +410,6 @@ class LargeMessageTests(SessionTestCase):
             (self.big_reply("1").replace(b"value", b"val\xffue", 1), "rejected message"),
         ):
             session = self.established()
-            session.rpc(xml.get()).addErrback(lambda f: None)
+            session.rpc(operations.get()).addErrback(lambda f: None)
             session.dataReceived(ChunkedFramer.encode(bad))
             self.assertIn(reason, session.close_reason)

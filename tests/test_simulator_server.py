@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from callhome.netconf import xml
+from callhome.netconf import operations, xml
 from callhome.netconf.framing import ChunkedFramer, EndOfMessageFramer
 from callhome.simulator import netconf_server
 from callhome.simulator.netconf_server import (
@@ -48,7 +48,7 @@ class Client:
         self.protocol.makeConnection(self.transport)
         (self.hello,) = self.receive()
         capabilities = [xml.BASE_1_0] + ([xml.BASE_1_1] if base_1_1 else [])
-        self.protocol.dataReceived(EndOfMessageFramer.encode(xml.hello(capabilities)))
+        self.protocol.dataReceived(EndOfMessageFramer.encode(operations.hello(capabilities)))
         if base_1_1 and offer_base_1_1:
             self.framer = ChunkedFramer()
         self.chunked = isinstance(self.framer, ChunkedFramer)

@@ -18,7 +18,7 @@ from pathlib import Path
 from lxml import etree
 from twisted.trial.unittest import SynchronousTestCase
 
-from callhome.netconf import xml
+from callhome.netconf import operations, xml
 from callhome.netconf.xml import (
     BASE_1_0,
     BASE_1_1,
@@ -500,7 +500,7 @@ class BuilderTests(SynchronousTestCase):
         Our hello lists our capabilities in the NETCONF namespace and has no
         session-id (only the server sends one, RFC 6241 §8.1).
         """
-        data = xml.hello([BASE_1_0, BASE_1_1])
+        data = operations.hello([BASE_1_0, BASE_1_1])
         self.assertTrue(data.startswith(b"<?xml"))
         root = reparse(data)
         self.assertEqual(root.tag, qname("hello"))
@@ -515,21 +515,21 @@ class BuilderTests(SynchronousTestCase):
         rpc() puts the operation inside <rpc message-id=...> in the NETCONF
         namespace, whether given as an element, text or bytes.
         """
-        for operation in (xml.close_session(), f'<close-session xmlns="{NS}"/>', f'<close-session xmlns="{NS}"/>'.encode()):
-            root = reparse(xml.rpc("17", operation))
+        for operation in (operations.close_session(), f'<close-session xmlns="{NS}"/>', f'<close-session xmlns="{NS}"/>'.encode()):
+            root = reparse(operations.rpc("17", operation))
             self.assertEqual(root.tag, qname("rpc"))
             self.assertEqual(root.get("message-id"), "17")
             self.assertEqual([child.tag for child in root], [qname("close-session")])
 
     def test_close_session(self):
         """close-session is an empty element in the NETCONF namespace."""
-        element = xml.close_session()
+        element = operations.close_session()
         self.assertEqual(element.tag, qname("close-session"))
         self.assertEqual(len(element), 0)
 
     def test_get_without_filter(self):
         """An unfiltered get has no <filter> child at all."""
-        root = reparse(xml.rpc("1", xml.get()))
+        root = reparse(operations.rpc("1", operations.get()))
         get = root.find(qname("get"))
         self.assertIsNotNone(get)
         self.assertEqual(len(get), 0)
@@ -540,7 +540,7 @@ class BuilderTests(SynchronousTestCase):
         running by default, or the one asked for.
         """
         for args, datastore in (((), "running"), (("candidate",), "candidate"), (("startup",), "startup")):
-            op = reparse(xml.rpc("1", xml.get_config(*args))).find(qname("get-config"))
+            op = reparse(operations.rpc("1", operations.get_config(*args))).find(qname("get-config"))
             source = op.find(qname("source"))
             self.assertEqual([child.tag for child in source], [qname(datastore)])
             self.assertEqual(len(source[0]), 0)
@@ -555,8 +555,8 @@ class BuilderTests(SynchronousTestCase):
             "<interfaces xmlns='urn:ietf:params:xml:ns:yang:ietf-interfaces'><interface><name/></interface></interfaces>"
             "<system xmlns='urn:ietf:params:xml:ns:yang:ietf-system'><hostname/></system>"
         )
-        for op_element, name in ((xml.get(subtree=subtree), "get"), (xml.get_config("running", subtree=subtree), "get-config")):
-            op = reparse(xml.rpc("1", op_element)).find(qname(name))
+        for op_element, name in ((operations.get(subtree=subtree), "get"), (operations.get_config("running", subtree=subtree), "get-config")):
+            op = reparse(operations.rpc("1", op_element)).find(qname(name))
             flt = op.find(qname("filter"))
             self.assertEqual(flt.get("type"), "subtree")
             self.assertIsNone(flt.get("select"))
@@ -572,12 +572,12 @@ class BuilderTests(SynchronousTestCase):
     def test_subtree_filter_with_prefixed_namespace_and_content_match(self):
         """A prefixed namespace and a content-match node survive serialization."""
         subtree = "<if:interfaces xmlns:if='urn:if'><if:interface><if:name>eth0</if:name></if:interface></if:interfaces>"
-        flt = reparse(xml.rpc("1", xml.get(subtree=subtree))).find(f"{qname('get')}/{qname('filter')}")
+        flt = reparse(operations.rpc("1", operations.get(subtree=subtree))).find(f"{qname('get')}/{qname('filter')}")
         self.assertEqual(flt.findtext("{urn:if}interfaces/{urn:if}interface/{urn:if}name"), "eth0")
 
     def test_get_config_source_comes_before_filter(self):
         """RFC 6241 §7.1 lists <source> then <filter>; keep that order."""
-        op = xml.get_config("running", subtree="<a xmlns='urn:a'/>")
+        op = operations.get_config("running", subtree="<a xmlns='urn:a'/>")
         self.assertEqual([child.tag for child in op], [qname("source"), qname("filter")])
 
     def test_xpath_filter_with_namespaces(self):
@@ -589,10 +589,10 @@ class BuilderTests(SynchronousTestCase):
         namespaces = {"if": "urn:ietf:params:xml:ns:yang:ietf-interfaces", "sys": "urn:ietf:params:xml:ns:yang:ietf-system"}
         select = "/if:interfaces/if:interface[if:name='eth0'] | /sys:system/sys:hostname"
         for op_element, name in (
-            (xml.get(xpath=select, namespaces=namespaces), "get"),
-            (xml.get_config("candidate", xpath=select, namespaces=namespaces), "get-config"),
+            (operations.get(xpath=select, namespaces=namespaces), "get"),
+            (operations.get_config("candidate", xpath=select, namespaces=namespaces), "get-config"),
         ):
-            data = xml.rpc("1", op_element)
+            data = operations.rpc("1", op_element)
             op = reparse(data).find(qname(name))
             flt = op.find(qname("filter"))
             self.assertEqual(flt.get("type"), "xpath")
@@ -604,10 +604,10 @@ class BuilderTests(SynchronousTestCase):
 
     def test_xpath_filter_without_namespaces(self):
         """An XPath without prefixes needs no namespace declarations."""
-        flt = reparse(xml.rpc("1", xml.get(xpath="/system"))).find(f"{qname('get')}/{qname('filter')}")
+        flt = reparse(operations.rpc("1", operations.get(xpath="/system"))).find(f"{qname('get')}/{qname('filter')}")
         self.assertEqual((flt.get("type"), flt.get("select")), ("xpath", "/system"))
 
     def test_subtree_and_xpath_together_rejected(self):
         """A filter is one or the other; asking for both is a programming error."""
-        self.assertRaises(ValueError, xml.get, subtree="<a xmlns='urn:a'/>", xpath="/a")
-        self.assertRaises(ValueError, xml.get_config, "running", subtree="<a xmlns='urn:a'/>", xpath="/a")
+        self.assertRaises(ValueError, operations.get, subtree="<a xmlns='urn:a'/>", xpath="/a")
+        self.assertRaises(ValueError, operations.get_config, "running", subtree="<a xmlns='urn:a'/>", xpath="/a")

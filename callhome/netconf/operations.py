@@ -1,5 +1,6 @@
 """
-Builders for the NETCONF operations the built-in actions send.
+Builders of everything we send: hello, the ``<rpc>`` envelope and the
+NETCONF operations the session and the built-in actions send.
 
 Each returns an lxml element ready for :meth:`NetconfSession.rpc`.  XML
 given by the operator (configs, filters, RPCs) is parsed here with the
@@ -12,7 +13,7 @@ from typing import Mapping
 
 from lxml import etree
 
-from callhome.netconf.xml import NETCONF_NS, NOTIFICATION_NS, _PARSER, qname
+from callhome.netconf.xml import NETCONF_NS, NOTIFICATION_NS, parse_xml, qname
 
 MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
 WITH_DEFAULTS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
@@ -36,7 +37,7 @@ def fragment(text: str) -> list[etree._Element]:
 
     @raises etree.XMLSyntaxError: if it is not well-formed.
     """
-    wrapper = etree.fromstring(("<wrapper>" + text + "</wrapper>").encode("utf-8"), _PARSER)
+    wrapper = parse_xml(("<wrapper>" + text + "</wrapper>").encode("utf-8"))
     return list(wrapper)
 
 
@@ -181,3 +182,56 @@ def _copy(node: etree._Element) -> etree._Element:
     import copy
 
     return copy.deepcopy(node)
+
+
+# --- messages and the operations the session itself sends -----------------------
+
+
+def hello(capabilities: list[str], session_id: int | None = None) -> bytes:
+    """Build a hello; only a server's carries a session-id."""
+    root = etree.Element(qname("hello"), nsmap={None: NETCONF_NS})
+    caps = etree.SubElement(root, qname("capabilities"))
+    for uri in capabilities:
+        etree.SubElement(caps, qname("capability")).text = uri
+    if session_id is not None:
+        etree.SubElement(root, qname("session-id")).text = str(session_id)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def rpc(message_id: str, operation: etree._Element | bytes | str) -> bytes:
+    """Wrap an operation element (or its XML text) in an ``<rpc>``."""
+    if isinstance(operation, etree._Element):
+        body = etree.tostring(operation)
+    elif isinstance(operation, str):
+        body = operation.encode("utf-8")
+    else:
+        body = operation
+    return (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<rpc xmlns="' + NETCONF_NS.encode() + b'" message-id="'
+        + message_id.encode("ascii") + b'">' + body + b"</rpc>"
+    )
+
+
+def get(subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
+    """Build a ``<get>`` operation, optionally filtered."""
+    op = etree.Element(qname("get"), nsmap={None: NETCONF_NS})
+    flt = filter_element(subtree, xpath, namespaces)
+    if flt is not None:
+        op.append(flt)
+    return op
+
+
+def get_config(source: str = "running", subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
+    """Build a ``<get-config>`` operation on a datastore, optionally filtered."""
+    op = etree.Element(qname("get-config"), nsmap={None: NETCONF_NS})
+    etree.SubElement(etree.SubElement(op, qname("source")), qname(source))
+    flt = filter_element(subtree, xpath, namespaces)
+    if flt is not None:
+        op.append(flt)
+    return op
+
+
+def close_session() -> etree._Element:
+    """Build a ``<close-session>`` operation."""
+    return etree.Element(qname("close-session"), nsmap={None: NETCONF_NS})

@@ -27,7 +27,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from callhome.logs import LevelLogger
-from callhome.netconf import xml
+from callhome.netconf import operations, xml
 from callhome.netconf.framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ChunkedFramer,
@@ -163,7 +163,7 @@ class NetconfSession(Protocol):
         capabilities = list(self.CLIENT_CAPABILITIES)
         if self.offer_base_1_1:
             capabilities.append(xml.BASE_1_1)
-        self.transport.write(EndOfMessageFramer.encode(xml.hello(capabilities)))
+        self.transport.write(EndOfMessageFramer.encode(operations.hello(capabilities)))
         self._hello_timer = self.clock.callLater(self.hello_timeout, self._hello_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
@@ -264,7 +264,7 @@ class NetconfSession(Protocol):
 
         deferred: defer.Deferred[RPCReply] = defer.Deferred(cancel)
         self._pending[message_id] = deferred
-        self._send(xml.rpc(message_id, operation))
+        self._send(operations.rpc(message_id, operation))
         seconds = self.rpc_timeout if timeout is None else timeout
 
         def timed_out(failure: Failure) -> Failure:
@@ -303,7 +303,7 @@ class NetconfSession(Protocol):
         answers, so a stalled device cannot keep the session open.
         """
         if self._connected and self.hello is not None and self.close_reason is None:
-            d = self.rpc(xml.close_session(), timeout=timeout)
+            d = self.rpc(operations.close_session(), timeout=timeout)
             d.addErrback(lambda f: None)
             d.addBoth(lambda _: self._disconnect("closed by manager"))
         elif self._connected:

@@ -1,5 +1,7 @@
 """
-XML for NETCONF: one hardened parser, operation builders, reply parsing.
+XML for NETCONF: one hardened parser, hello and reply parsing.
+
+The builders of what we send are in :mod:`callhome.netconf.operations`.
 
 Everything a device sends goes through :func:`parse_message`.  RFC 6241 §3
 forbids document type declarations in NETCONF content, so any DTD is refused
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from lxml import etree
 
@@ -147,6 +148,17 @@ def scan_message(data: bytes) -> etree._Element:
     raise XMLRejected("no root element in the first 64 KiB")
 
 
+def parse_xml(data: bytes) -> etree._Element:
+    """
+    Parse XML with the hardened parser (no entities, no network, no external
+    files): for XML the operator wrote (filters, configs, RPC files), which
+    needs no DOCTYPE pre-check.  Device messages go through L{parse_message}.
+
+    @raises etree.XMLSyntaxError: if it is not well-formed.
+    """
+    return etree.fromstring(data, _PARSER)
+
+
 def qname(tag: str, namespace: str = NETCONF_NS) -> str:
     """Return the Clark-notation name of a NETCONF element."""
     return "{%s}%s" % (namespace, tag)
@@ -155,66 +167,6 @@ def qname(tag: str, namespace: str = NETCONF_NS) -> str:
 def local_name(element: etree._Element) -> str:
     """Return an element's name without its namespace."""
     return etree.QName(element).localname
-
-
-# --- building what we send ---------------------------------------------------
-
-
-def hello(capabilities: list[str], session_id: int | None = None) -> bytes:
-    """Build a hello; only a server's carries a session-id."""
-    root = etree.Element(qname("hello"), nsmap={None: NETCONF_NS})
-    caps = etree.SubElement(root, qname("capabilities"))
-    for uri in capabilities:
-        etree.SubElement(caps, qname("capability")).text = uri
-    if session_id is not None:
-        etree.SubElement(root, qname("session-id")).text = str(session_id)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
-def rpc(message_id: str, operation: etree._Element | bytes | str) -> bytes:
-    """Wrap an operation element (or its XML text) in an ``<rpc>``."""
-    if isinstance(operation, etree._Element):
-        body = etree.tostring(operation)
-    elif isinstance(operation, str):
-        body = operation.encode("utf-8")
-    else:
-        body = operation
-    return (
-        b'<?xml version="1.0" encoding="UTF-8"?>'
-        b'<rpc xmlns="' + NETCONF_NS.encode() + b'" message-id="'
-        + message_id.encode("ascii") + b'">' + body + b"</rpc>"
-    )
-
-
-def _filter(subtree: str | None, xpath: str | None, namespaces: Mapping[str, str] | None) -> etree._Element | None:
-    """Build a ``<filter>`` element (see L{operations.filter_element})."""
-    from callhome.netconf.operations import filter_element
-
-    return filter_element(subtree, xpath, namespaces)
-
-
-def get(subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
-    """Build a ``<get>`` operation, optionally filtered."""
-    op = etree.Element(qname("get"), nsmap={None: NETCONF_NS})
-    flt = _filter(subtree, xpath, namespaces)
-    if flt is not None:
-        op.append(flt)
-    return op
-
-
-def get_config(source: str = "running", subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None) -> etree._Element:
-    """Build a ``<get-config>`` operation on a datastore, optionally filtered."""
-    op = etree.Element(qname("get-config"), nsmap={None: NETCONF_NS})
-    etree.SubElement(etree.SubElement(op, qname("source")), qname(source))
-    flt = _filter(subtree, xpath, namespaces)
-    if flt is not None:
-        op.append(flt)
-    return op
-
-
-def close_session() -> etree._Element:
-    """Build a ``<close-session>`` operation."""
-    return etree.Element(qname("close-session"), nsmap={None: NETCONF_NS})
 
 
 # --- reading what we receive ---------------------------------------------------

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callhome.netconf import xml
+from callhome.netconf import operations as ops
 from callhome.netconf.framing import ChunkedFramer, EndOfMessageFramer, FramingError
 from callhome.simulator.constants import (
     CAPABILITY_CANDIDATE,
@@ -217,7 +218,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
         self.login_time = self.datastore.clock.seconds()
         self.source_host = _peer_host(self.transport)
         self.username = _avatar_username(self.transport) or self.username
-        self.transport.write(EndOfMessageFramer.encode(xml.hello(self.capabilities, self.session_id)))
+        self.transport.write(EndOfMessageFramer.encode(ops.hello(self.capabilities, self.session_id)))
         self.datastore.session_started(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
