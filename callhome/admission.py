@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections import Counter, deque
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from callhome.logs import LevelLogger
 from callhome.config import AdmissionSettings
 
 #: Sources tracked at most; the oldest are forgotten first (a spoofing-free
@@ -39,7 +39,7 @@ class Admission:
         ``too-many-pending-from-source``, ``blocked``).
     """
 
-    log = Logger(namespace="callhome.admission")
+    log = LevelLogger(namespace="callhome.admission")
 
     def __init__(self, settings: AdmissionSettings, clock: IReactorTime) -> None:
         self.settings = settings

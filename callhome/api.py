@@ -27,12 +27,12 @@ from urllib.parse import unquote
 
 import yaml
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from callhome.logs import LevelLogger
 from callhome import fingerprints
 from callhome.actions.runner import run_chain
 from callhome.config import ConfigError, parse_step
@@ -129,7 +129,7 @@ class ManagementApi(Resource):
     """
 
     isLeaf = True
-    log = Logger(namespace="callhome.api")
+    log = LevelLogger(namespace="callhome.api")
 
     def __init__(self, service: "CallHomeService") -> None:
         super().__init__()

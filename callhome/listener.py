@@ -25,6 +25,10 @@ DEFAULT_BACKLOG = 1024
 class CallHomeFactory(ServerFactory):
     """Builds one L{CallHomeTransport} per accepted call."""
 
+    # The service logs where it listens; Twisted's "Starting factory" line
+    # would be an info line that log.level cannot silence.
+    noisy = False
+
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
 
@@ -145,6 +149,7 @@ class ProxiedCallFactory(WrappingFactory):
     """The factory for ``haproxy:`` listeners: L{ProxiedCall} per connection."""
 
     protocol = ProxiedCall  # type: ignore[assignment]
+    noisy = False
 
     def __init__(self, manager: Manager) -> None:
         super().__init__(CallHomeFactory(manager))

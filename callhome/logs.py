@@ -35,16 +35,50 @@ def set_level(name: str) -> None:
 
 class LevelLogger(Logger):
     """
-    A logger that drops events below the configured level before building
-    them: twistd records every level, and per-step debug lines would drown
-    the one line per call (and cost CPU per session).
+    The one logger class of callhome: it drops an event below the
+    configured C{log.level} before building it.
+
+    Why at the logger and not with a C{FilteringLogObserver}: twistd's
+    observer records every level, and building an event costs CPU per
+    session even when nobody reads it (per-step debug lines; conch's
+    per-packet chatter was ~15 % of a session).  The level is process-wide
+    because the log observer is.
+
+    @ivar floor: a level this logger never goes below, whatever
+        C{log.level} says: conch's own loggers (which we swap in on our
+        subclasses of its classes) keep only warnings and errors.
     """
 
+    def __init__(
+        self,
+        namespace: str | None = None,
+        source: object | None = None,
+        observer: ILogObserver | None = None,
+        floor: LogLevel = LogLevel.debug,
+    ) -> None:
+        super().__init__(namespace, source, observer)
+        self.floor = floor
+
+    def __get__(self, instance: object, owner: type | None = None) -> "LevelLogger":
+        """As Twisted's descriptor (namespace from the class, the instance as source), keeping the floor."""
+        logger = super().__get__(instance, owner)
+        assert isinstance(logger, LevelLogger)
+        logger.floor = self.floor
+        return logger
+
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        """Emit the event if its level is at or above C{log.level}."""
-        if level < _minimum:
+        """Emit the event if its level is at or above C{log.level} (and the floor)."""
+        if level < _minimum or level < self.floor:
             return
         super().emit(level, format, **kwargs)
+
+
+def conch_logger(namespace: str) -> LevelLogger:
+    """
+    The logger our subclasses of conch's classes give conch's own code
+    (its C{_log}): warnings and errors only.
+    """
+    return LevelLogger(namespace=namespace, floor=LogLevel.warn)
 
 
 @implementer(ILogObserver)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from callhome import algorithms
 from callhome.actions import ActionContext
@@ -65,7 +64,7 @@ class Manager:
     @ivar cluster: the other worker processes, if any.
     """
 
-    log = Logger(namespace="callhome")
+    log = LevelLogger(namespace="callhome")
 
     def __init__(
         self,

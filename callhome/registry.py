@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from callhome.logs import LevelLogger
 from callhome import fingerprints
 from callhome.config import DEVICE_NAME, Config, Device
 
@@ -151,7 +151,7 @@ class Registry:
     @ivar store: where state is written; None keeps it in memory only.
     """
 
-    log = Logger(namespace="callhome.registry")
+    log = LevelLogger(namespace="callhome.registry")
 
     def __init__(
         self,

@@ -27,11 +27,11 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callhome import config as config_module
 from callhome import logs
+from callhome.logs import LevelLogger
 from callhome.config import Config
 from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.manager import Manager
@@ -123,7 +123,7 @@ class CallHomeService(MultiService):
     @ivar store: the database.
     """
 
-    log = Logger(namespace="callhome")
+    log = LevelLogger(namespace="callhome")
 
     def __init__(self, config: Config, reactor: Any, handle_signals: bool = False, worker: WorkerRole | None = None) -> None:
         super().__init__()
@@ -132,6 +132,7 @@ class CallHomeService(MultiService):
         self.handle_signals = handle_signals
         self.worker = worker
         self.stopping = False
+        self._stopped: defer.Deferred[None] | None = None
         #: called before each housekeeping save (a worker reports its changes).
         self.before_save: Callable[[], None] | None = None
         logs.set_level(config.log_level)
@@ -357,8 +358,11 @@ class CallHomeService(MultiService):
         """
         Stop accepting calls, let running chains finish (up to
         C{shutdown_grace}), close every session with close-session, write
-        the store, then stop the API.
+        the store, then stop the API.  Asked again (a second signal, a
+        test's cleanup), it returns the stop already under way.
         """
+        if self._stopped is not None:
+            return self._stopped
         self.stopping = True
         stops = [defer.maybeDeferred(l.stopService) for l in self.listeners.values()]
         # The workers stop the same way, at the same time.
@@ -373,6 +377,7 @@ class CallHomeService(MultiService):
         # Whatever happened above, what is queued is written.
         stopped.addBoth(lambda _: self._final_write())
         stopped.addBoth(lambda result: self._stop_rest(result))
+        self._stopped = stopped
         return stopped
 
     def _wait_for_chains(self) -> defer.Deferred[None] | None:

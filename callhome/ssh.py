@@ -33,36 +33,20 @@ from twisted.conch.ssh import channel, common, connection, keys, service, transp
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from callhome import algorithms as algorithms_module
 from callhome import fingerprints
 from callhome.keepalive import Keepalive
+from callhome.logs import LevelLogger, conch_logger
 from callhome.netconf.session import NetconfSession
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Credentials, Device, NetconfSettings
 
 
-class QuietLogger(Logger):
-    """
-    A logger that drops everything below a warning before building the event.
-
-    conch logs every packet-level step at debug/info; building those events
-    and passing them to the global publisher costs ~10-15 % of a session's
-    CPU even when nothing records them.  Our subclasses give conch this
-    logger instead; warnings and errors still reach the log.
-    """
-
-    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        if level < LogLevel.warn:
-            return
-        super().emit(level, format, **kwargs)
-
-
-def _quiet_logger() -> Logger:
-    return QuietLogger(namespace="callhome.ssh.conch")
+def _quiet_logger() -> LevelLogger:
+    return conch_logger("callhome.ssh.conch")
 
 
 class CallHandler(Protocol):
@@ -155,7 +139,7 @@ class CallHomeTransport(transport.SSHClientTransport):
     """
 
     _log = _quiet_logger()
-    log = Logger(namespace="callhome.ssh")
+    log = LevelLogger(namespace="callhome.ssh")
 
     def __init__(
         self,

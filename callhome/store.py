@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+
+from callhome.logs import LevelLogger
 
 #: ordered schema migrations: (version, statements).  Never edit a released
 #: entry; append a new one.
@@ -110,7 +111,7 @@ def schema_version(connection: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def migrate(connection: sqlite3.Connection, upto: int = SCHEMA_VERSION, log: Logger | None = None) -> int:
+def migrate(connection: sqlite3.Connection, upto: int = SCHEMA_VERSION, log: LevelLogger | None = None) -> int:
     """
     Bring a database's schema to version C{upto}; return the version it had.
 
@@ -156,7 +157,7 @@ class Store:
     @ivar pending: writes queued for the next flush, as (SQL, parameters).
     """
 
-    log = Logger(namespace="callhome.store")
+    log = LevelLogger(namespace="callhome.store")
 
     def __init__(self, path: str | os.PathLike[str], reactor: Any, flush_interval: float = 0.5, clock: IReactorTime | None = None) -> None:
         self.path = Path(path)
@@ -350,7 +351,7 @@ def _prune(cursor: sqlite3.Cursor, cutoff: float | None, keep_per_device: int | 
     return sorted({row[1] for row in doomed})
 
 
-def _unlink_all(cursor: sqlite3.Cursor, paths: list[str], log: Logger) -> int:
+def _unlink_all(cursor: sqlite3.Cursor, paths: list[str], log: LevelLogger) -> int:
     """Delete pruned result files; return how many results were pruned."""
     for path in paths:
         try:

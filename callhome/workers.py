@@ -52,9 +52,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.endpoints import ProcessEndpoint, connectProtocol
-from twisted.logger import Logger, eventAsJSON, eventFromJSON
+from twisted.logger import eventAsJSON, eventFromJSON
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+
+from callhome.logs import LevelLogger
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.service import CallHomeService
@@ -84,7 +86,7 @@ class Channel(Int32StringReceiver):
     # An API RPC's reply crosses the channel whole: allow the largest a
     # NETCONF session accepts by default.
     MAX_LENGTH = 1024 * 1024 * 1024
-    log = Logger(namespace="callhome.workers")
+    log = LevelLogger(namespace="callhome.workers")
 
     def __init__(self, handlers: dict[str, Callable[..., Any]], lost: Callable[[Failure], None] | None = None) -> None:
         self.handlers = handlers
@@ -220,7 +222,7 @@ class WorkerPool(Service):
         by workers (the main process's own are in its manager's sessions).
     """
 
-    log = Logger(namespace="callhome.workers")
+    log = LevelLogger(namespace="callhome.workers")
 
     def __init__(self, service: "CallHomeService", count: int) -> None:
         self.service = service
@@ -433,7 +435,7 @@ class WorkerLink:
     process asks.
     """
 
-    log = Logger(namespace="callhome.workers")
+    log = LevelLogger(namespace="callhome.workers")
 
     def __init__(self, service: "CallHomeService", stop: Callable[[], None]) -> None:
         self.service = service

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.plugin import pluginPackagePaths
 from zope.interface import Attribute, Interface
+
+from callhome.logs import LevelLogger
 
 # Plugin modules dropped into any callhome/actions/ directory on sys.path
 # (without an __init__.py) become part of this package for getPlugins().
@@ -73,7 +74,7 @@ class ActionContext:
     results: "ResultsWriter"
     clock: IReactorTime
     outcomes: list[Any] = field(default_factory=list)
-    log: Logger = field(default_factory=Logger)
+    log: LevelLogger = field(default_factory=LevelLogger)
     stop: bool = False
     notifications: Callable[[Any, bytes], None] | None = None
     notification: Any = None

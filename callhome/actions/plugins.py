@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.plugin import IPlugin, getPlugins
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from callhome.logs import LevelLogger
 from callhome.actions import ActionConfigError, ActionContext, IActionFactory, check_parameters
 
-log = Logger(namespace="callhome.actions.plugins")
+log = LevelLogger(namespace="callhome.actions.plugins")
 
 
 @implementer(IPlugin, IActionFactory)

@@ -40,9 +40,9 @@ from typing import Any, Callable
 
 from lxml import etree
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from callhome.logs import LevelLogger
 from callhome.netconf import xml
 from callhome.netconf import operations as ops
 from callhome.netconf.framing import ChunkedFramer, EndOfMessageFramer, FramingError
@@ -163,7 +163,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
     @ivar counters: this session's RFC 6022 counters.
     """
 
-    log = Logger(namespace="callhome.simulator")
+    log = LevelLogger(namespace="callhome.simulator")
     username = "admin"
 
     def __init__(self, datastore: Datastore, offer_base_1_1: bool = True) -> None:

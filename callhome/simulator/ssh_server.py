@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from callhome import fingerprints
-from callhome.ssh import QuietLogger
+from callhome.logs import conch_logger
 from callhome.simulator.netconf_server import Datastore, NetconfServerProtocol
 
 
@@ -93,7 +93,7 @@ class DeviceTransport(transport.SSHServerTransport):
     """The device's SSH server transport; C{done} fires (with None) when the call ends."""
 
     # conch's packet-level chatter, dropped before it is built (as the manager does).
-    _log = QuietLogger(namespace="callhome.simulator.conch")
+    _log = conch_logger("callhome.simulator.conch")
 
     def connectionMade(self) -> None:
         self.done: defer.Deferred[None] = defer.Deferred()
