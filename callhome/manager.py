@@ -23,6 +23,7 @@ from callhome import algorithms
 from callhome.actions import ActionContext
 from callhome.actions.runner import StepOutcome, run_chain
 from callhome.admission import Admission
+from callhome.call.record import Outcome
 from callhome.config import Config, Device, NetconfSettings
 from callhome.logs import LevelLogger
 from callhome.metrics import Metrics
@@ -33,10 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from callhome.netconf.session import NetconfSession
     from callhome.ssh import CallHomeTransport
     from callhome.store import Store
-
-#: call outcomes that are refusals by policy (counted with admission's).
-REFUSALS = frozenset(["unknown-host-key", "duplicate-refused", "not-allowed"])
-
 
 class Cluster(Protocol):
     """
@@ -86,6 +83,7 @@ class Manager:
         self.active: set["CallHomeTransport"] = set()
         self.sessions: dict[str, "CallHomeTransport"] = {}
         self.chains: set[defer.Deferred[Any]] = set()
+        self._drain_waiters: list[defer.Deferred[None]] = []
         self.cluster: Cluster | None = None
         self.counts: Counter[str] = Counter()
         self.notifications_received = 0
@@ -133,10 +131,8 @@ class Manager:
 
     def disconnect(self, call: "CallHomeTransport", reason: str) -> defer.Deferred[Any]:
         """Close a call's session politely (close-session), recording why."""
-        if call.call is not None and call.call.reason is None:
-            call.call.reason = reason
-            if call.call.outcome == "open":
-                call.call.outcome = "disconnected"
+        if call.call is not None:
+            call.call.end(Outcome.DISCONNECTED, reason)
         if call.session is not None:
             return call.session.close()
         call.hang_up()
@@ -188,8 +184,7 @@ class Manager:
         """unknown_devices: reject: log the key; nothing else happens."""
         record = call.call
         assert record is not None
-        record.outcome = "unknown-host-key"
-        record.reason = "unknown host key"
+        record.end(Outcome.UNKNOWN_HOST_KEY, "unknown host key")
         self.log.warn(
             "refused call from {peer}: unknown host key {fingerprint} ({key_type}); no credentials sent",
             peer=record.peer, fingerprint=fingerprint, key_type=key_type,
@@ -210,8 +205,7 @@ class Manager:
         current = self.sessions.get(device.name)
         if current is not None and current is not call:
             if self.config.duplicate_sessions == "reject":
-                record.outcome = "duplicate-refused"
-                record.reason = f"device {device.name} already has a session (duplicate_sessions: reject)"
+                record.end(Outcome.DUPLICATE_REFUSED, f"device {device.name} already has a session (duplicate_sessions: reject)")
                 self.log.warn("refused call from {peer}: {reason}", peer=record.peer, reason=record.reason)
                 return None
             self.log.warn(
@@ -221,8 +215,7 @@ class Manager:
             )
             self.replace(current)
         if self.cluster is not None and not self.cluster.claim(device.name, call):
-            record.outcome = "duplicate-refused"
-            record.reason = f"device {device.name} already has a session in another worker (duplicate_sessions: reject)"
+            record.end(Outcome.DUPLICATE_REFUSED, f"device {device.name} already has a session in another worker (duplicate_sessions: reject)")
             self.log.warn("refused call from {peer}: {reason}", peer=record.peer, reason=record.reason)
             return None
         self.sessions[device.name] = call
@@ -232,8 +225,7 @@ class Manager:
     def replace(self, current: "CallHomeTransport") -> None:
         """duplicate_sessions: replace: close this (older) session of a device that called again."""
         if current.call is not None:
-            current.call.reason = "replaced by a new call from the same device"
-            current.call.outcome = "replaced"
+            current.call.end(Outcome.REPLACED, "replaced by a new call from the same device")
         if current.session is not None:
             current.session.close()
         else:
@@ -252,8 +244,7 @@ class Manager:
                 fingerprint=fingerprint, key_type=key_type, peer=record.peer, name=name,
             )
             return Device.from_profile(name, frozenset([fingerprint]), self.config.default_profile)
-        record.outcome = "unknown-host-key"
-        record.reason = "unknown host key (quarantined)"
+        record.end(Outcome.UNKNOWN_HOST_KEY, "unknown host key (quarantined)")
         self.registry.quarantine(fingerprint, key_type, record.peer)
         self.log.warn(
             "refused call from {peer}: unknown host key {fingerprint} ({key_type}) quarantined; no credentials sent",
@@ -310,10 +301,10 @@ class Manager:
             # session would otherwise keep every reply's tree alive.
             record.steps = [replace(o, result=_summary(o.result)) for o in outcomes]
             failed = [o for o in outcomes if not o.ok]
-            if failed and record.reason is None:
-                record.reason = f"step {failed[0].index} {failed[0].action}: {failed[0].error}"
-            if record.outcome == "open":
-                record.outcome = "chain-failed" if failed else "ok"
+            if failed:
+                record.end(Outcome.CHAIN_FAILED, f"step {failed[0].index} {failed[0].action}: {failed[0].error}")
+            else:
+                record.end(Outcome.OK)
             if device.mode == "persistent" and not failed and not context.stop and session.close_reason is None:
                 self._keep(call, session, device)
                 return None
@@ -357,8 +348,7 @@ class Manager:
             quiet = self.clock.seconds() - session.last_message_at
             if quiet >= idle:
                 assert call.call is not None
-                call.call.outcome = "idle-timeout"
-                call.call.reason = f"no NETCONF message for {idle:g}s (idle_timeout)"
+                call.call.end(Outcome.IDLE_TIMEOUT, f"no NETCONF message for {idle:g}s (idle_timeout)")
                 session.close()
             else:
                 pending.append(self.clock.callLater(idle - quiet, check))
@@ -389,23 +379,22 @@ class Manager:
         assert record is not None
         if not record.authenticated:
             self.admission.failed_before_auth(record.source)
-        if record.outcome == "open":
-            record.outcome = _outcome_from_state(record.state, record.reason)
-        self.metrics.calls_finished.labels(record.outcome).inc()
-        if record.outcome == "auth-failed":
+        outcome = record.finish()
+        self.metrics.calls_finished.labels(outcome).inc()
+        if outcome is Outcome.AUTH_FAILED:
             self.metrics.auth_failures.inc()
-        elif record.outcome in REFUSALS:
-            self.metrics.calls_refused.labels(record.outcome).inc()
+        elif outcome.is_refusal:
+            self.metrics.calls_refused.labels(outcome).inc()
         if record.device is not None and self.sessions.get(record.device.name) is call:
             del self.sessions[record.device.name]
             if self.cluster is not None:
                 self.cluster.release(record.device.name, record.id)
-            self.registry.transition(record.device, _status_after(record.outcome), error=None if record.outcome == "ok" else record.reason)
-        self.counts[record.outcome] += 1
+            self.registry.transition(record.device, outcome.status, error=None if outcome is Outcome.OK else record.reason)
+        self.counts[outcome] += 1
         steps = record.steps
         ok_steps = sum(1 for s in steps if s.ok)
         duration = self.clock.seconds() - record.started
-        level = self.log.info if record.outcome == "ok" else self.log.warn
+        level = self.log.info if outcome is Outcome.OK else self.log.warn
         level(
             "call from {peer}: device {device}, key {fingerprint}, outcome {outcome}, "
             "steps {ok_steps}/{total_steps}, {duration:.3f}s{why}",
@@ -413,26 +402,28 @@ class Manager:
             device=record.device.name if record.device else "-",
             fingerprint=record.fingerprint or "-",
             key_type=record.key_type,
-            outcome=record.outcome,
+            outcome=outcome,
             ok_steps=ok_steps,
             total_steps=len(steps),
             duration=duration,
             reason=record.reason,
-            why=f" ({record.reason})" if record.reason and record.outcome != "ok" else "",
+            why=f" ({record.reason})" if record.reason and outcome is not Outcome.OK else "",
             session=record.id,
         )
         if self.store is not None:
             self.store.add_event(
                 "call",
-                f"call from {record.peer}: outcome {record.outcome}" + (f" ({record.reason})" if record.reason and record.outcome != "ok" else ""),
+                f"call from {record.peer}: outcome {outcome}" + (f" ({record.reason})" if record.reason and outcome is not Outcome.OK else ""),
                 record.device.name if record.device else None,
                 {
                     "session": record.id, "peer": record.peer, "fingerprint": record.fingerprint,
-                    "outcome": record.outcome, "reason": record.reason if record.outcome != "ok" else None, "duration": round(duration, 6),
+                    "outcome": outcome, "reason": record.reason if outcome is not Outcome.OK else None, "duration": round(duration, 6),
                     "steps": [{"action": s.action, "ok": s.ok, "error": s.error, "duration": round(s.duration, 6)} for s in steps],
                 },
                 self.clock.seconds(),
             )
+        # Last: a graceful stop waiting here writes the store next.
+        self._maybe_drained()
 
     def close_all(self, reason: str = "service stopping") -> defer.Deferred[object]:
         """Close every open session politely (close-session); fires when all are gone."""
@@ -440,17 +431,22 @@ class Manager:
 
     def drained(self, timeout: float) -> defer.Deferred[None]:
         """Fires when no call is open any more, or after C{timeout} seconds."""
+        if not self.active:
+            return defer.succeed(None)
         waiting: defer.Deferred[None] = defer.Deferred()
-        deadline = self.clock.seconds() + timeout
-
-        def check() -> None:
-            if not self.active or self.clock.seconds() >= deadline:
-                waiting.callback(None)
-            else:
-                self.clock.callLater(0.05, check)
-
-        check()
+        self._drain_waiters.append(waiting)
+        timer = self.clock.callLater(timeout, lambda: waiting.called or waiting.callback(None))
+        waiting.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
         return waiting
+
+    def _maybe_drained(self) -> None:
+        """The last open call ended: fire whoever waits in L{drained}."""
+        if self.active:
+            return
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiting in waiters:
+            if not waiting.called:
+                waiting.callback(None)
 
 
 def _summary(result: Any) -> Any:
@@ -463,21 +459,3 @@ def _summary(result: Any) -> Any:
     if isinstance(result, RPCReply):
         return f"reply {result.message_id}"
     return result
-
-
-def _outcome_from_state(state: str, reason: str | None) -> str:
-    """Name the outcome of a call that ended before its chain finished."""
-    if state == "securing":
-        return "handshake-failed"
-    if state == "authenticating":
-        return "auth-failed"
-    return "session-failed"
-
-
-def _status_after(outcome: str) -> str:
-    """The registry status a device has after a call with this outcome."""
-    if outcome == "auth-failed":
-        return "failed-auth"
-    if outcome == "not-allowed":
-        return "failed-not-allowed"
-    return "disconnected"

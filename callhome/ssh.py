@@ -23,10 +23,7 @@ transport hands the session to its :class:`CallHandler` (the manager).
 
 from __future__ import annotations
 
-import itertools
 import struct
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.conch.ssh import channel, common, connection, keys, service, transport, userauth
@@ -37,6 +34,7 @@ from twisted.python.failure import Failure
 
 from callhome import algorithms as algorithms_module
 from callhome import fingerprints
+from callhome.call.record import CallRecord, CallState, Outcome
 from callhome.keepalive import Keepalive
 from callhome.logs import LevelLogger, conch_logger
 from callhome.netconf.session import NetconfSession
@@ -81,53 +79,6 @@ class CallHandler(Protocol):
 
     def call_ended(self, call: "CallHomeTransport") -> None:
         """Record a finished call (one log line, status)."""
-
-
-@dataclass
-class CallRecord:
-    """
-    What we know about one call; the call's log line and status come from it.
-
-    @ivar state: ``securing``, ``authenticating``, ``channelling``,
-        ``hello``, ``running``, ``done``.
-    @ivar reason: why the call ended, when it ended early or badly.
-    """
-
-    peer: str
-    started: float
-    source: str = ""
-    state: str = "securing"
-    authenticated: bool = False
-    fingerprint: str | None = None
-    key_type: str | None = None
-    device: "Device | None" = None
-    reason: str | None = None
-    outcome: str = "open"
-    #: the chain's step outcomes (L{callhome.actions.runner.StepOutcome}).
-    steps: list[Any] = field(default_factory=list)
-    #: this call's id: tags its results and events (unique across restarts).
-    id: str = field(default_factory=lambda: next_call_id())
-
-
-_BOOT = f"{int(time.time()):x}"
-_call_prefix = _BOOT
-_call_numbers = itertools.count(1)
-
-
-def next_call_id() -> str:
-    """
-    A new call id: the service's start time and a counter, e.g. 6745a1b2-17;
-    a worker process adds its number (6745a1b2w1-17), so ids stay unique
-    across the processes sharing one database.
-    """
-    return f"{_call_prefix}-{next(_call_numbers)}"
-
-
-def set_worker(index: int, boot: str | None = None) -> None:
-    """Make this process's call ids those of worker C{index} (0: the main process)."""
-    global _call_prefix
-    base = boot or _BOOT
-    _call_prefix = base if index == 0 else f"{base}w{index}"
 
 
 class CallHomeTransport(transport.SSHClientTransport):
@@ -176,11 +127,12 @@ class CallHomeTransport(transport.SSHClientTransport):
         )
         super().connectionMade()
 
-    def fail(self, reason: str, code: int = transport.DISCONNECT_BY_APPLICATION) -> None:
-        """End the call now, recording C{reason} (never with a secret in it)."""
+    def fail(self, reason: str, code: int = transport.DISCONNECT_BY_APPLICATION, outcome: Outcome | None = None) -> None:
+        """End the call now with C{outcome} (if given) and C{reason} (never with a secret in it)."""
         assert self.call is not None
-        if self.call.reason is None:
-            self.call.reason = reason
+        if outcome is not None:
+            self.call.end(outcome, reason)
+        self.call.note(reason)
         self.sendDisconnect(code, reason.encode("utf-8", "replace")[:200])
 
     def hang_up(self) -> None:
@@ -202,15 +154,15 @@ class CallHomeTransport(transport.SSHClientTransport):
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         """Record why conch (or we) disconnect, then do it."""
-        if self.call is not None and self.call.reason is None:
-            self.call.reason = desc.decode("utf-8", "replace")
+        if self.call is not None:
+            self.call.note(desc.decode("utf-8", "replace"))
         super().sendDisconnect(reason, desc)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """The device sent SSH_MSG_DISCONNECT: remember what it said."""
-        if self.call is not None and self.call.reason is None:
+        if self.call is not None:
             text = description.decode("utf-8", "replace")[:200]
-            self.call.reason = f"device disconnected (code {reasonCode}): {text}"
+            self.call.note(f"device disconnected (code {reasonCode}): {text}")
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[bool]:
         """
@@ -228,7 +180,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         try:
             raw_type = common.getNS(hostKey)[0]
         except Exception:  # a malformed blob: struct.error, IndexError...
-            self.call.reason = "malformed host key"
+            self.call.note("malformed host key")
             return defer.fail(UnknownHostKey(fp))
         # Device-controlled text going to logs and state: short, printable.
         key_type = "".join(c if c.isprintable() else "?" for c in raw_type[:64].decode("ascii", "replace"))
@@ -248,7 +200,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         assert self.call is not None and self.call.fingerprint is not None
         # conch calls this after every NEWKEYS: a rekey the device starts
         # later must not run the policies or userauth again.
-        if self.call.state != "securing":
+        if self.call.state is not CallState.SECURING:
             return
         # The KEXINIT payloads only feed the exchange hash; a rekey sets them
         # afresh.  Dropping them saves ~2 KiB per held session.
@@ -264,20 +216,20 @@ class CallHomeTransport(transport.SSHClientTransport):
         negotiated += [ciphers.outCipType, ciphers.inCipType, ciphers.outMACType, ciphers.inMACType]
         refused = algorithms_module.legacy_in_use(negotiated) - device.legacy_algorithms
         if refused:
-            self.call.outcome = "not-allowed"
             self.fail(
                 f"device {device.name} negotiated legacy algorithm(s) {', '.join(sorted(refused))} "
-                f"it has not opted into (legacy_algorithms)"
+                f"it has not opted into (legacy_algorithms)",
+                outcome=Outcome.NOT_ALLOWED,
             )
             return
-        self.call.state = "authenticating"
+        self.call.advance(CallState.AUTHENTICATING)
         connection_service = CallHomeConnection(self)
         self.requestService(CallHomeUserAuth(device.credentials, connection_service))
 
     def authenticated(self) -> None:
         """Called by the connection service once userauth succeeded."""
         assert self.call is not None
-        self.call.state = "channelling"
+        self.call.advance(CallState.CHANNELLING)
         self.call.authenticated = True
         self.handler.authenticated(self)
 
@@ -294,9 +246,7 @@ class CallHomeTransport(transport.SSHClientTransport):
             return
 
         def dead(reason: str) -> None:
-            assert self.call is not None
-            self.call.outcome = "keepalive-timeout"
-            self.fail(reason)
+            self.fail(reason, outcome=Outcome.KEEPALIVE_TIMEOUT)
 
         self.keepalive = Keepalive(self.service, self.handler.clock, interval, max_missed, dead)
         self.keepalive.start()
@@ -308,9 +258,10 @@ class CallHomeTransport(transport.SSHClientTransport):
 
     def _idle_timed_out(self) -> None:
         self._idle_timer = None
-        assert self.call is not None
-        self.call.outcome = "idle-timeout"
-        self.fail(f"nothing received from the device for {self.idle_timeout:g}s (admission.idle_timeout)")
+        self.fail(
+            f"nothing received from the device for {self.idle_timeout:g}s (admission.idle_timeout)",
+            outcome=Outcome.IDLE_TIMEOUT,
+        )
 
     def netconf_started(self, session: NetconfSession) -> None:
         """The device's NETCONF hello arrived: hand the session over."""
@@ -319,7 +270,7 @@ class CallHomeTransport(transport.SSHClientTransport):
             self._handshake_timer.cancel()
         self._handshake_timer = None
         self.session = session
-        self.call.state = "running"
+        self.call.advance(CallState.RUNNING)
         if self.idle_timeout:
             self._idle_timer = self.handler.clock.callLater(self.idle_timeout, self._idle_timed_out)
         self.handler.session_ready(self, session)
@@ -327,10 +278,10 @@ class CallHomeTransport(transport.SSHClientTransport):
     def _handshake_timed_out(self) -> None:
         assert self.call is not None
         self._handshake_timer = None
-        self.call.outcome = "timeout"
         self.fail(
             f"no NETCONF session within {self.handshake_timeout:g}s "
-            f"(stuck while {self.call.state})"
+            f"(stuck while {self.call.state})",
+            outcome=Outcome.TIMEOUT,
         )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -341,8 +292,8 @@ class CallHomeTransport(transport.SSHClientTransport):
         self._handshake_timer = self._idle_timer = None
         super().connectionLost(reason)
         if self.call is not None:
-            if self.call.reason is None and self.session is not None:
-                self.call.reason = self.session.close_reason
+            if self.session is not None:
+                self.call.note(self.session.close_reason)
             self.handler.call_ended(self)
 
 
@@ -566,7 +517,7 @@ class NetconfChannel(channel.SSHChannel):
 
     def _subsystem_started(self, _: object) -> None:
         assert self.call_transport.call is not None
-        self.call_transport.call.state = "hello"
+        self.call_transport.call.advance(CallState.HELLO)
         device = self.call_transport.call.device
         self.session = NetconfSession(
             self.call_transport.handler.clock,
@@ -614,7 +565,7 @@ class NetconfChannel(channel.SSHChannel):
         if self.session is not None:
             session, self.session = self.session, None
             session.connectionLost(Failure(ConnectionDone("channel closed")))
-            if self.call_transport.call is not None and self.call_transport.call.reason is None:
-                self.call_transport.call.reason = session.close_reason
+            if self.call_transport.call is not None:
+                self.call_transport.call.note(session.close_reason)
         self.call_transport.hang_up()
 

@@ -56,6 +56,8 @@ from twisted.logger import eventAsJSON, eventFromJSON
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
+from callhome.call.record import Outcome
+
 from callhome.logs import LevelLogger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -477,9 +479,9 @@ class WorkerLink:
 
         def verdict(result: str) -> None:
             if result == "refuse" and self.service.manager.sessions.get(device) is call and call.call is not None:
-                call.call.outcome = "duplicate-refused"
-                call.call.reason = f"device {device} already has a session in another worker (duplicate_sessions: reject)"
-                self.service.manager.disconnect(call, call.call.reason)
+                reason = f"device {device} already has a session in another worker (duplicate_sessions: reject)"
+                call.call.end(Outcome.DUPLICATE_REFUSED, reason)
+                self.service.manager.disconnect(call, reason)
 
         answer.addCallbacks(verdict, lambda f: None)
         return True
@@ -563,10 +565,10 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.logger import LogLevel, globalLogBeginner
 
     from callhome import config as config_module
-    from callhome import ssh
+    from callhome.call import record
     from callhome.service import CallHomeService, WorkerRole
 
-    ssh.set_worker(args.index)
+    record.set_worker(args.index)
     config = config_module.load(args.config)
     inherited = {}
     for entry in args.listen:
