@@ -34,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from callhome.logs import LevelLogger
 from callhome import fingerprints
+from callhome.actions.chains import build_step
 from callhome.actions.runner import run_chain
 from callhome.config import ConfigError, parse_step
 from callhome.metrics import CONTENT_TYPE_LATEST
@@ -551,7 +552,7 @@ class ManagementApi(Resource):
         if isinstance(params, dict) and any(k == "file" or k.endswith("_file") for k in params):
             raise ApiError(400, "file parameters are not read through the API: send the content inline")
         try:
-            step = parse_step(body, "body", self.service.config.netconf.rpc_timeout)
+            step = build_step(parse_step(body, "body", self.service.config.netconf.rpc_timeout))
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         assert call.session is not None and call.call is not None

@@ -29,7 +29,8 @@ from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredica
 from callhome import fingerprints
 from callhome.actions import ActionContext
 from callhome.actions.builtin import Sleep
-from callhome.config import Config, Credentials, Device, NetconfSettings, Profile, SSHSettings, Step
+from callhome.actions.chains import Step
+from callhome.config import Config, Credentials, Device, NetconfSettings, Profile, SSHSettings
 from callhome.netconf import operations as ops
 from callhome.netconf import xml
 
@@ -117,13 +118,17 @@ def credentials_from(args: argparse.Namespace) -> Credentials:
     return Credentials(args.username, private_keys, password)
 
 
-def build_config(args: argparse.Namespace, step: PrintReply, state_dir: Path) -> Config:
-    """A one-device, one-step config from the arguments."""
-    credentials = credentials_from(args)
+def build_chain(args: argparse.Namespace, step: PrintReply) -> dict[str, tuple[Step, ...]]:
+    """The one chain, built: an optional pause, then the operation."""
     steps = [Step(name="listen", action=step, timeout=args.timeout)]
     if args.sleep > 0:
         steps.insert(0, Step(name="sleep", action=Sleep(args.sleep)))
-    chain = {"listen": tuple(steps)}
+    return {"listen": tuple(steps)}
+
+
+def build_config(args: argparse.Namespace, state_dir: Path) -> Config:
+    """A one-device config from the arguments (its chain is L{build_chain}'s)."""
+    credentials = credentials_from(args)
     profile = Profile(credentials, "listen")
     devices: tuple[Device, ...] = ()
     if args.host_key:
@@ -136,7 +141,7 @@ def build_config(args: argparse.Namespace, step: PrintReply, state_dir: Path) ->
         listen=(f"tcp:{args.port}:interface={args.interface}",),
         results_dir=state_dir / "results",
         devices=devices,
-        chains=chain,
+        chains={},
         netconf=NetconfSettings(offer_base_1_1=not args.base_1_0_only, hello_timeout=args.timeout, rpc_timeout=args.timeout),
         ssh=SSHSettings(handshake_timeout=args.timeout),
         default_profile=profile,
@@ -156,12 +161,12 @@ def run(args: argparse.Namespace, reactor: Any = None) -> int:
     step = PrintReply(operation_from(args))
     state_dir = Path(tempfile.mkdtemp(prefix="callhome-listen-"))
     try:
-        config = build_config(args, step, state_dir)
+        config = build_config(args, state_dir)
         globalLogBeginner.beginLoggingTo(
             [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.error)])],
             redirectStandardIO=False,
         )
-        service = CallHomeService(config, reactor)
+        service = CallHomeService(config, reactor, chains=build_chain(args, step))
         outcome: list[Any] = []
         call_ended = service.manager.call_ended
 

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from callhome import algorithms
 from callhome.actions import ActionContext
+from callhome.actions.chains import Chains, build_chains
 from callhome.actions.runner import StepOutcome, run_chain
 from callhome.admission import Admission
 from callhome.call.record import Outcome
@@ -55,7 +56,8 @@ class Manager:
     @ivar active: the calls now connected.
     @ivar sessions: device name -> its identified call (for duplicates).
     @ivar counts: finished calls by outcome.
-    @ivar chains: the chains running now (a graceful stop waits for them).
+    @ivar chains: the config's chains, built.
+    @ivar running: the chains running now (a graceful stop waits for them).
     @ivar store: where results metadata and events go (None: nowhere).
     @ivar metrics: the service's Prometheus metrics.
     @ivar cluster: the other worker processes, if any.
@@ -71,8 +73,11 @@ class Manager:
         registry: Registry | None = None,
         store: "Store | None" = None,
         metrics: Metrics | None = None,
+        chains: Chains | None = None,
     ) -> None:
         self.config = config
+        #: the config's chains, built (L{callhome.actions.chains}).
+        self.chains = chains if chains is not None else build_chains(config)
         self.clock = clock
         self.store = store
         self.metrics = metrics or Metrics()
@@ -82,7 +87,7 @@ class Manager:
         self.admission = Admission(config.admission, clock)
         self.active: set["CallHomeTransport"] = set()
         self.sessions: dict[str, "CallHomeTransport"] = {}
-        self.chains: set[defer.Deferred[Any]] = set()
+        self.running: set[defer.Deferred[Any]] = set()
         self._drain_waiters: list[defer.Deferred[None]] = []
         self.cluster: Cluster | None = None
         self.counts: Counter[str] = Counter()
@@ -98,13 +103,15 @@ class Manager:
             bytes_received=self.bytes_received,
         )
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config, chains: Chains | None = None) -> None:
         """
-        Take a reloaded config: new calls get its devices, credentials,
-        chains and policies; open sessions keep what they started with,
-        except that a device no longer listed has its session closed.
+        Take a reloaded config (and its chains, built): new calls get its
+        devices, credentials, chains and policies; open sessions keep what
+        they started with, except that a device no longer listed has its
+        session closed.
         """
         self.config = config
+        self.chains = chains if chains is not None else build_chains(config)
         self.registry.reconfigure(config)
         self.admission.settings = config.admission
         self.offer = algorithms.offer(self._legacy_opt_ins())
@@ -290,7 +297,7 @@ class Manager:
         self.registry.transition(device, "connected")
         session.on_rpc_done = self.metrics.rpc_done
         context = self._context(device, session, record.id)
-        chain = run_chain(self.config.chains[device.chain], context, self.clock)
+        chain = run_chain(self.chains[device.chain], context, self.clock)
         self._track(chain)
         # A session that ends (device gone, shutdown, API disconnect) ends
         # its chain: a sleeping or hung step must not outlive it.
@@ -314,16 +321,16 @@ class Manager:
         chain.addErrback(lambda f: self.log.failure("chain runner failed for {device}", f, device=device.name))
 
     def _cut_chain(self, result: Any, chain: defer.Deferred[Any]) -> Any:
-        if chain in self.chains:
+        if chain in self.running:
             chain.cancel()
         return result
 
     def _track(self, chain: defer.Deferred[Any]) -> None:
-        """Keep a running chain in L{chains} until it ends."""
-        self.chains.add(chain)
+        """Keep a running chain in L{running} until it ends."""
+        self.running.add(chain)
 
         def untrack(result: Any) -> Any:
-            self.chains.discard(chain)
+            self.running.discard(chain)
             return result
 
         chain.addBoth(untrack)
@@ -364,7 +371,7 @@ class Manager:
         self.event("notification", f"notification from {device.name} saved", device.name, path=str(path), session=call_id)
         if device.on_notification is None:
             return
-        chains = self.config.chains
+        chains = self.chains
         if device.on_notification not in chains:  # removed by a reload
             return
         context = self._context(device, session, call_id)

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from callhome import config as config_module
 from callhome import logs
+from callhome.actions.chains import Chains, build_chains
 from callhome.logs import LevelLogger
 from callhome.config import Config
 from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
@@ -125,7 +126,10 @@ class CallHomeService(MultiService):
 
     log = LevelLogger(namespace="callhome")
 
-    def __init__(self, config: Config, reactor: Any, handle_signals: bool = False, worker: WorkerRole | None = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, handle_signals: bool = False, worker: WorkerRole | None = None,
+        chains: Chains | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -136,11 +140,13 @@ class CallHomeService(MultiService):
         #: called before each housekeeping save (a worker reports its changes).
         self.before_save: Callable[[], None] | None = None
         logs.set_level(config.log_level)
+        # Built before anything opens: a bad step stops start-up (ConfigError).
+        chains = chains if chains is not None else build_chains(config)
         self.store = Store(config.store.database, reactor)
         snapshot = self.store.open()
         self.metrics = Metrics()
         registry = Registry(config, reactor, store=self.store, snapshot=snapshot)
-        self.manager = Manager(config, reactor, registry=registry, store=self.store, metrics=self.metrics)
+        self.manager = Manager(config, reactor, registry=registry, store=self.store, metrics=self.metrics, chains=chains)
         self.factory = CallHomeFactory(self.manager)
         for warning in config.warnings:
             self.log.warn("config: {warning}", warning=warning)
@@ -285,6 +291,7 @@ class CallHomeService(MultiService):
             raise ReloadError("the service is stopping")
         try:
             new = config_module.load(self.config.source)
+            chains = build_chains(new)
         except config_module.ConfigError as e:
             raise self._refused(f"config error: {e}") from None
         except OSError as e:
@@ -320,7 +327,7 @@ class CallHomeService(MultiService):
             self.log.warn("config: {warning}", warning=warning)
         self.config = new
         logs.set_level(new.log_level)
-        self.manager.reconfigure(new)
+        self.manager.reconfigure(new, chains)
         restart = [
             key for key, changed in (
                 ("api", old.api != new.api),
@@ -381,7 +388,7 @@ class CallHomeService(MultiService):
         return stopped
 
     def _wait_for_chains(self) -> defer.Deferred[None] | None:
-        running = list(self.manager.chains)
+        running = list(self.manager.running)
         if not running:
             return None
         grace = self.config.shutdown_grace
@@ -398,7 +405,7 @@ class CallHomeService(MultiService):
     def _grace_over(self, waiting: defer.Deferred[None], grace: float) -> None:
         self.log.warn(
             "{count} chains still running after {grace:g}s (shutdown_grace): closing their sessions",
-            count=len(self.manager.chains), grace=grace,
+            count=len(self.manager.running), grace=grace,
         )
         waiting.callback(None)
 

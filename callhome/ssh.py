@@ -24,7 +24,7 @@ transport hands the session to its :class:`CallHandler` (the manager).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.conch.ssh import channel, common, connection, keys, service, transport, userauth
 from twisted.internet import defer

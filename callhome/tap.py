@@ -11,6 +11,7 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from callhome import config as config_module
+from callhome.actions.chains import build_chains
 from callhome.logs import json_observer
 from callhome.service import CallHomeService
 from callhome.store import StoreError
@@ -33,6 +34,7 @@ class Options(usage.Options):
         """Load and check the config now, so errors stop start-up cleanly."""
         try:
             self["parsed"] = config_module.load(self["config"])
+            self["chains"] = build_chains(self["parsed"])
         except config_module.ConfigError as e:
             # twistd prints a UsageError as one line, without a traceback.
             raise usage.UsageError(f"config error: {e}") from None
@@ -56,7 +58,7 @@ def makeService(options: Options, reactor: Any = None) -> CallHomeService:
         reactor = global_reactor
     parsed = options.get("parsed") or config_module.load(options["config"])
     try:
-        return _Service(parsed, reactor, handle_signals=True)
+        return _Service(parsed, reactor, handle_signals=True, chains=options.get("chains"))
     except StoreError as e:
         # Like a config error: one line, no traceback.
         sys.stderr.write(f"callhome: {e}\n")

@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 
 from callhome import config as config_module
+from callhome.actions.chains import build_chains
 from callhome import fingerprints
 from callhome.manager import Manager
 from callhome.simulator.netconf_server import Datastore
@@ -35,8 +36,13 @@ def write_key(directory: Path, name: str, key: keys.Key, passphrase: bytes | Non
 
 
 def make_config(tmp: Path, device_keys: dict[str, keys.Key], credentials: str, **kwargs: str) -> config_module.Config:
-    """A config for devices known by these host keys, all with C{credentials} (see L{config_text})."""
-    return config_module.loads(config_text(tmp, device_keys, credentials, **kwargs))
+    """
+    A config for devices known by these host keys, all with C{credentials}
+    (see L{config_text}), checked as the service checks it: its chains build.
+    """
+    config = config_module.loads(config_text(tmp, device_keys, credentials, **kwargs))
+    build_chains(config)
+    return config
 
 
 def config_text(

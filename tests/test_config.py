@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from callhome import config
+from callhome.actions.chains import build_chains
 from callhome import fingerprints
 from tests.helpers import new_key, write_key
 
@@ -43,8 +44,9 @@ chains:
 """
 
     def error(self, text: str, environ=None) -> config.ConfigError:
+        # Loading a config means reading it and building its chains' actions.
         with self.assertRaises(config.ConfigError) as caught:
-            config.loads(text, environ=environ or {})
+            build_chains(config.loads(text, environ=environ or {}))
         return caught.exception
 
     def test_shipped_config_loads(self):

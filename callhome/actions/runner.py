@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from callhome.actions import ActionContext
 from callhome.actions.plugins import check_result
-from callhome.config import Step
+from callhome.actions.chains import Step
 
 
 @dataclass(frozen=True)

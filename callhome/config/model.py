@@ -1,0 +1,242 @@
+"""
+The configuration as data: frozen dataclasses, and the one error type.
+
+Nothing here reads a file or builds anything: :mod:`callhome.config.reader`
+turns YAML into these, and :mod:`callhome.actions.chains` builds the
+chains' actions from their L{StepSpec}s.  Credentials are the exception
+that proves the rule: they hold parsed conch ``Key`` objects, because
+parsing an RSA key costs ~100 ms and must happen once, at load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from twisted.conch.ssh import keys
+
+
+class ConfigError(Exception):
+    """
+    The configuration is unusable.
+
+    @ivar path: the key path at fault, e.g. ``devices[0].host_keys[1]``.
+    @ivar problem: what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """
+    How we log in to one device, chosen only after its host key matched.
+
+    @ivar private_keys: parsed private keys, tried in order.
+    @ivar password: used for ``password`` and ``keyboard-interactive``.
+    """
+
+    username: str
+    private_keys: tuple[keys.Key, ...] = field(default=(), repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The SSH authentication methods these credentials allow, in order."""
+        methods = []
+        if self.private_keys:
+            methods.append("publickey")
+        if self.password is not None:
+            methods += ["password", "keyboard-interactive"]
+        return tuple(methods)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """
+    One step of a chain as the config writes it: data, not yet an action.
+    The actions package builds it (L{callhome.actions.chains.build_step})
+    when the config loads.
+
+    @ivar path: the key path of the step's parameters, for errors.
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    on_error: str = "stop"
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a device inherits from a group or from defaults, resolved."""
+
+    credentials: Credentials
+    chain: str
+    legacy_algorithms: frozenset[str] = frozenset()
+    mode: str = "periodic"
+    on_notification: str | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device we accept calls from, known by its host keys."""
+
+    name: str
+    host_keys: frozenset[str]
+    credentials: Credentials
+    chain: str
+    group: str | None = None
+    legacy_algorithms: frozenset[str] = frozenset()
+    #: ``periodic`` (run the chain, close) or ``persistent`` (keep the session).
+    mode: str = "periodic"
+    #: the chain each notification runs, if any.
+    on_notification: str | None = None
+    #: persistent mode: close after this many seconds without a NETCONF message.
+    idle_timeout: float | None = None
+
+    @classmethod
+    def from_profile(cls, name: str, host_keys: frozenset[str], profile: Profile, group: str | None = None) -> "Device":
+        """A device that takes everything from a group's or the defaults' profile."""
+        return cls(
+            name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms,
+            profile.mode, profile.on_notification, profile.idle_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class NetconfSettings:
+    """NETCONF session settings for every device."""
+
+    offer_base_1_1: bool = True
+    hello_timeout: float = 30.0
+    rpc_timeout: float = 60.0
+    max_message_size: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    """
+    SSH settings for every call.
+
+    @ivar keepalive_interval: persistent sessions: seconds between our
+        keepalive requests.
+    @ivar keepalive_max_missed: unanswered keepalives allowed before the
+        session is dropped.
+    """
+
+    handshake_timeout: float = 30.0
+    keepalive_interval: float = 30.0
+    keepalive_max_missed: int = 3
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """
+    What a call must get through before it costs us more (RFC 8071 §5).
+
+    @ivar max_pending: connections not yet authenticated at once; more are
+        closed at once.
+    @ivar max_pending_per_source: the same, per source address, so one
+        address cannot take every slot.
+    @ivar failed_auth_limit: failed identifications or logins from one
+        source address within C{failed_auth_window} seconds that get the
+        address blocked for C{block_seconds}.
+    @ivar idle_timeout: seconds without a byte from a connected device
+        before its session is closed.
+    """
+
+    max_pending: int = 200
+    max_pending_per_source: int = 50
+    failed_auth_limit: int = 10
+    failed_auth_window: float = 300.0
+    block_seconds: float = 900.0
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """
+    Where results metadata, events and device state are kept.
+
+    @ivar retention_days: results and events older than this are deleted
+        (files too); None keeps them.
+    @ivar retention_per_device: only the newest this many results of each
+        device are kept; None keeps them all.
+    """
+
+    database: Path = Path("var/callhome.sqlite")
+    retention_days: float | None = None
+    retention_per_device: int | None = None
+
+
+#: the API's default endpoint: loopback only, so no token is needed.
+DEFAULT_API_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """
+    The management API.
+
+    @ivar listen: a Twisted server endpoint, or None for no API.
+    @ivar token: the bearer token requests must carry (None: no token;
+        allowed only on loopback).
+    """
+
+    listen: str | None = DEFAULT_API_LISTEN
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, valid configuration."""
+
+    listen: tuple[str, ...]
+    results_dir: Path
+    devices: tuple[Device, ...]
+    chains: Mapping[str, tuple[StepSpec, ...]]
+    netconf: NetconfSettings = NetconfSettings()
+    ssh: SSHSettings = SSHSettings()
+    source: str = "<string>"
+    groups: Mapping[str, "Profile | None"] = field(default_factory=dict)
+    default_profile: Profile | None = None
+    unknown_devices: str = "reject"
+    duplicate_sessions: str = "replace"
+    admission: AdmissionSettings = AdmissionSettings()
+    state_dir: Path = Path("var/state")
+    store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    #: seconds running chains get to finish when the service stops.
+    shutdown_grace: float = 30.0
+    #: log format when the service runs under twistd: text or json.
+    log_format: str = "text"
+    #: the lowest level callhome logs: debug, info, warn or error.
+    log_level: str = "info"
+    #: processes serving calls on the same listening sockets (1: just this one).
+    workers: int = 1
+    #: directories holding callhome/actions/ plugin modules (config ``plugin_paths``).
+    plugin_paths: tuple[Path, ...] = ()
+    #: things an operator should fix, each with its key path (logged at start).
+    warnings: tuple[str, ...] = ()
+
+    def device_by_fingerprint(self) -> dict[str, Device]:
+        """Index the devices by every host-key fingerprint they list."""
+        return {fp: device for device in self.devices for fp in device.host_keys}
+
+
+#: seconds a step may take unless it sets its own timeout (a hung plugin
+#: fails its step instead of holding the session for ever).
+DEFAULT_STEP_TIMEOUT = 300.0
+
+#: the most worker processes a config may ask for.
+MAX_WORKERS = 64
+
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

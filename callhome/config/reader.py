@@ -1,0 +1,435 @@
+"""
+The config file reader: YAML in, L{callhome.config.model} dataclasses out.
+
+Everything is checked when the file loads, so a running service never meets
+a bad value: unknown keys, wrong types, missing files and environment
+variables, bad fingerprints, malformed filters.  Every error names its key
+path (``devices[0].host_keys[1]``) and what is wrong, in one
+:class:`ConfigError`.
+
+Chain steps are read as data (L{StepSpec}); their actions are built by
+:mod:`callhome.actions.chains` (which also imports plugins), so this
+module imports no plugin code.  Credentials are parsed here, once, and kept
+as conch ``Key`` objects.  Relative paths are taken from the working
+directory of the process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+from twisted.internet.endpoints import _parseServer
+
+from callhome import fingerprints
+from callhome.algorithms import LEGACY_NAMES
+from callhome.config.node import Node, kind
+from callhome.config.secrets import SecretReader
+from callhome.config.model import (
+    DEFAULT_API_LISTEN,
+    DEFAULT_STEP_TIMEOUT,
+    DEVICE_NAME,
+    MAX_WORKERS,
+    AdmissionSettings,
+    ApiSettings,
+    Config,
+    ConfigError,
+    Device,
+    NetconfSettings,
+    Profile,
+    SSHSettings,
+    StepSpec,
+    StoreSettings,
+)
+
+_CREDENTIAL_KEYS = (
+    "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
+    "private_key_passphrase_file", "password", "password_env", "password_file",
+)
+_PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout")
+_TOP_KEYS = (
+    "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
+    "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
+    "plugin_paths", "step_timeout", "store", "api", "shutdown_grace", "log",
+    "workers",
+)
+
+
+def parse_step(value: Any, path: str, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> StepSpec:
+    """
+    One chain step from its YAML/JSON form, e.g. C{{"get-config": {"source": "running"}}}
+    (the API's JSON form of an RPC), as data: build it with
+    L{callhome.actions.chains.build_step}.
+
+    @raises ConfigError: naming C{path} and what is wrong.
+    """
+    reader = _Reader({})
+    reader.step_timeout = step_timeout
+    return reader.step(Node(value, path))
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """Whether a server endpoint string listens on loopback (or a UNIX socket) only."""
+    # _parseServer is private, but Twisted has no public way to read an
+    # endpoint string without building (and, for some, binding) the endpoint.
+    kind, args, kwargs = _parseServer(description, None)
+    if str(kind).lower() == "unix":
+        return True
+    interface = kwargs.get("interface", "")
+    if not interface:
+        return False  # all addresses
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return interface == "localhost"
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """
+    Read and check a configuration file.
+
+    @raises ConfigError: naming the key path and the problem.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {os.fspath(path)}: {e.strerror}") from None
+    return loads(text, source=os.fspath(path), environ=environ)
+
+
+def loads(text: str | bytes, source: str = "<string>", environ: Mapping[str, str] | None = None) -> Config:
+    """Check a configuration given as YAML text."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{source} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    reader = _Reader(os.environ if environ is None else environ)
+    return reader.config(Node(document, ""), source)
+
+
+class _Reader:
+    """Turns the YAML document into a L{Config}, key path by key path."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.warnings: list[str] = []
+        self.step_timeout = DEFAULT_STEP_TIMEOUT
+        self.secrets = SecretReader(environ, self.warn)
+
+    def config(self, root: Node, source: str) -> Config:
+        if root.value is None:
+            raise ConfigError("", f"{source} is empty")
+        top = root.mapping(_TOP_KEYS)
+        if "listen" not in top:
+            raise ConfigError("listen", "missing: list at least one endpoint, e.g. tcp:4334")
+        listen = tuple(self.endpoint(n) for n in top["listen"].items())
+        if not listen:
+            raise ConfigError("listen", "must list at least one endpoint, e.g. tcp:4334")
+        results_dir = Path(top["results_dir"].text()) if "results_dir" in top else Path("var/results")
+        state_dir = Path(top["state_dir"].text()) if "state_dir" in top else Path("var/state")
+        plugin_paths = self.plugin_paths(top["plugin_paths"]) if "plugin_paths" in top else ()
+        self.step_timeout = top["step_timeout"].number() if "step_timeout" in top else DEFAULT_STEP_TIMEOUT
+        chains = self.chains(top.get("chains", Node({}, "chains")))
+        defaults_node = top.get("defaults", Node({}, "defaults"))
+        defaults = defaults_node.mapping(_PROFILE_KEYS)
+        groups_node = top.get("groups", Node({}, "groups"))
+        group_fields = self.groups(groups_node)
+        groups = {
+            name: self.profile([fields, defaults], groups_node.child_path(name), chains, required=False)
+            for name, fields in group_fields.items()
+        }
+        default_profile = self.profile([defaults], "defaults", chains, required=False)
+        unknown = self.choice(top, "unknown_devices", ("reject", "quarantine", "accept"), "reject")
+        if unknown == "accept":
+            if default_profile is None:
+                raise ConfigError("unknown_devices", "accept needs complete defaults (username, credentials, chain)")
+            self.warn("unknown_devices", "accept: any device that calls is logged in with the default credentials (lab use only)")
+        devices = tuple(self.devices(top.get("devices", Node([], "devices")), defaults, group_fields, chains))
+        return Config(
+            listen=listen,
+            results_dir=results_dir,
+            devices=devices,
+            chains=chains,
+            netconf=self.netconf(top.get("netconf", Node({}, "netconf"))),
+            ssh=self.ssh(top.get("ssh", Node({}, "ssh"))),
+            source=source,
+            groups=groups,
+            default_profile=default_profile,
+            unknown_devices=unknown,
+            duplicate_sessions=self.choice(top, "duplicate_sessions", ("replace", "reject"), "replace"),
+            admission=self.admission(top.get("admission", Node({}, "admission"))),
+            state_dir=state_dir,
+            store=self.store(top.get("store", Node({}, "store"))),
+            api=self.api(top.get("api", Node({}, "api"))),
+            shutdown_grace=top["shutdown_grace"].number() if "shutdown_grace" in top else 30.0,
+            log_format=self.log_format(top.get("log", Node({}, "log"))),
+            log_level=self.log_level(top.get("log", Node({}, "log"))),
+            workers=self.workers(top["workers"]) if "workers" in top else 1,
+            plugin_paths=plugin_paths,
+            warnings=tuple(self.warnings),
+        )
+
+    def workers(self, node: Node) -> int:
+        """Processes serving calls: at least 1, at most MAX_WORKERS."""
+        count = node.integer(1)
+        if count > MAX_WORKERS:
+            raise node.error(f"must be at most {MAX_WORKERS} (one per core is the useful maximum)")
+        return count
+
+    def plugin_paths(self, node: Node) -> tuple[Path, ...]:
+        """Directories holding callhome/actions/ plugin modules (searched when the chains are built)."""
+        paths = []
+        for entry in node.items():
+            path = Path(entry.text())
+            if not path.is_dir():
+                raise entry.error(f"{path} is not a directory")
+            paths.append(path)
+        return tuple(paths)
+
+    def warn(self, path: str, problem: str) -> None:
+        """Note something the operator should fix; it does not stop start-up."""
+        text = f"{path}: {problem}"
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    @staticmethod
+    def choice(top: dict[str, Node], key: str, allowed: tuple[str, ...], default: str) -> str:
+        if key not in top:
+            return default
+        value = top[key].text()
+        if value not in allowed:
+            raise top[key].error(f"must be one of {', '.join(allowed)}")
+        return value
+
+    def admission(self, node: Node) -> AdmissionSettings:
+        fields = node.mapping(("max_pending", "max_pending_per_source", "failed_auth_limit", "failed_auth_window", "block_seconds", "idle_timeout"))
+        d = AdmissionSettings()
+        return AdmissionSettings(
+            max_pending=fields["max_pending"].integer() if "max_pending" in fields else d.max_pending,
+            max_pending_per_source=fields["max_pending_per_source"].integer() if "max_pending_per_source" in fields else d.max_pending_per_source,
+            failed_auth_limit=fields["failed_auth_limit"].integer() if "failed_auth_limit" in fields else d.failed_auth_limit,
+            failed_auth_window=fields["failed_auth_window"].number() if "failed_auth_window" in fields else d.failed_auth_window,
+            block_seconds=fields["block_seconds"].number() if "block_seconds" in fields else d.block_seconds,
+            idle_timeout=fields["idle_timeout"].number() if "idle_timeout" in fields else d.idle_timeout,
+        )
+
+    def groups(self, node: Node) -> dict[str, dict[str, Node]]:
+        if node.value is None:
+            return {}
+        if not isinstance(node.value, Mapping):
+            raise node.error(f"must map group names to settings, got {kind(node.value)}")
+        return {str(name): Node(value, node.child_path(str(name))).mapping(_PROFILE_KEYS) for name, value in node.value.items()}
+
+    def profile(self, layers: list[dict[str, Node]], where: str, chains: Mapping[str, Any], required: bool = True) -> Profile | None:
+        """
+        Resolve credentials, chain and legacy algorithms from C{layers}
+        (device, group, defaults: the first that sets a key wins).
+
+        @param required: if False, return None when something is missing
+            instead of failing (groups and defaults may be partial).
+        """
+        def first(key: str) -> Node | None:
+            return next((layer[key] for layer in layers if key in layer), None)
+
+        def missing(problem: str) -> None:
+            if required:
+                raise ConfigError(where, problem)
+
+        username_node = first("username")
+        chain_node = first("chain")
+        legacy_node = first("legacy_algorithms")
+        legacy = self.legacy(legacy_node) if legacy_node is not None else frozenset()
+        credentials = self.secrets.credentials(layers, where, username_node)
+        if credentials is None:
+            missing("no credentials: set private_key or a password (here, in its group or in defaults)")
+        if username_node is None:
+            missing("no username: set username here, in its group or in defaults")
+        if chain_node is None:
+            missing("no chain: set chain here, in its group or in defaults")
+        if chain_node is not None:
+            chain = chain_node.text()
+            if chain not in chains:
+                known = ", ".join(sorted(chains)) or "none defined"
+                raise chain_node.error(f"no chain named {chain!r} (chains: {known})")
+        mode_node = first("mode")
+        mode = mode_node.text() if mode_node is not None else "periodic"
+        if mode not in ("periodic", "persistent"):
+            raise mode_node.error("must be periodic or persistent")  # type: ignore[union-attr]
+        notification_node = first("on_notification")
+        on_notification = None
+        if notification_node is not None:
+            on_notification = notification_node.text()
+            if on_notification not in chains:
+                raise notification_node.error(f"no chain named {on_notification!r}")
+        idle_node = first("idle_timeout")
+        idle = idle_node.number() if idle_node is not None else None
+        if credentials is None or username_node is None or chain_node is None:
+            return None
+        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle)
+
+    def legacy(self, node: Node) -> frozenset[str]:
+        names = set()
+        for entry in node.items():
+            name = entry.text()
+            if name not in LEGACY_NAMES:
+                raise entry.error(f"not a legacy algorithm we can enable (one of {', '.join(sorted(LEGACY_NAMES))})")
+            names.add(name)
+        if names:
+            self.warn(node.path, f"legacy algorithms enabled: {', '.join(sorted(names))}")
+        return frozenset(names)
+
+    def endpoint(self, node: Node) -> str:
+        text = node.text()
+        try:
+            _parseServer(text, None)
+        except Exception as e:  # the parser raises several kinds on bad input
+            raise node.error(f"not a Twisted server endpoint string ({e}); e.g. tcp:4334") from None
+        return text
+
+    def store(self, node: Node) -> StoreSettings:
+        fields = node.mapping(("database", "retention"))
+        database = Path(fields["database"].text()) if "database" in fields else StoreSettings.database
+        days = per_device = None
+        if "retention" in fields and fields["retention"].value is not None:
+            retention = fields["retention"].mapping(("days", "per_device"))
+            if "days" in retention:
+                days = retention["days"].number()
+            if "per_device" in retention:
+                per_device = retention["per_device"].integer()
+        return StoreSettings(database=database, retention_days=days, retention_per_device=per_device)
+
+    def api(self, node: Node) -> ApiSettings:
+        fields = node.mapping(("listen", "token", "token_env", "token_file"))
+        listen: str | None = DEFAULT_API_LISTEN
+        if "listen" in fields:
+            listen = None if fields["listen"].value in (None, False, "none", "off") else self.endpoint(fields["listen"])
+        token = self.secrets.secret(fields, "token")
+        if token is not None and not token.strip():
+            given = next(k for k in ("token", "token_env", "token_file") if k in fields)
+            raise fields[given].error("the API token is empty")
+        if listen is not None and token is None and not is_loopback_endpoint(listen):
+            raise ConfigError(
+                "api.listen",
+                f"{listen} is reachable from other hosts: set api.token_file or api.token_env "
+                "(a bearer token), or bind to 127.0.0.1",
+            )
+        return ApiSettings(listen=listen, token=token)
+
+    def log_level(self, node: Node) -> str:
+        fields = node.mapping(("format", "level"))
+        if "level" not in fields:
+            return "info"
+        value = fields["level"].text()
+        if value not in ("debug", "info", "warn", "error"):
+            raise fields["level"].error("must be debug, info, warn or error")
+        return value
+
+    def log_format(self, node: Node) -> str:
+        fields = node.mapping(("format", "level"))
+        if "format" not in fields:
+            return "text"
+        value = fields["format"].text()
+        if value not in ("text", "json"):
+            raise fields["format"].error("must be text or json")
+        return value
+
+    def netconf(self, node: Node) -> NetconfSettings:
+        keys_ = node.mapping(("offer_base_1_1", "hello_timeout", "rpc_timeout", "max_message_size"))
+        d = NetconfSettings()
+        return NetconfSettings(
+            offer_base_1_1=keys_["offer_base_1_1"].flag() if "offer_base_1_1" in keys_ else d.offer_base_1_1,
+            hello_timeout=keys_["hello_timeout"].number() if "hello_timeout" in keys_ else d.hello_timeout,
+            rpc_timeout=keys_["rpc_timeout"].number() if "rpc_timeout" in keys_ else d.rpc_timeout,
+            max_message_size=keys_["max_message_size"].integer(1024) if "max_message_size" in keys_ else d.max_message_size,
+        )
+
+    def ssh(self, node: Node) -> SSHSettings:
+        keys_ = node.mapping(("handshake_timeout", "keepalive_interval", "keepalive_max_missed"))
+        d = SSHSettings()
+        return SSHSettings(
+            handshake_timeout=keys_["handshake_timeout"].number() if "handshake_timeout" in keys_ else d.handshake_timeout,
+            keepalive_interval=keys_["keepalive_interval"].number() if "keepalive_interval" in keys_ else d.keepalive_interval,
+            keepalive_max_missed=keys_["keepalive_max_missed"].integer() if "keepalive_max_missed" in keys_ else d.keepalive_max_missed,
+        )
+
+    def chains(self, node: Node) -> dict[str, tuple[StepSpec, ...]]:
+        if node.value is None:
+            return {}
+        if not isinstance(node.value, Mapping):
+            raise node.error(f"must map chain names to lists of steps, got {kind(node.value)}")
+        chains = {}
+        for name in node.value:
+            chain_node = Node(node.value[name], node.child_path(str(name)))
+            steps = tuple(self.step(n) for n in chain_node.items())
+            if not steps:
+                raise chain_node.error("a chain needs at least one step")
+            chains[str(name)] = steps
+        return chains
+
+    def step(self, node: Node) -> StepSpec:
+        if not isinstance(node.value, Mapping):
+            raise node.error("a step is a mapping like {get: {}}")
+        options = {k: v for k, v in node.value.items() if k in ("timeout", "on_error")}
+        actions = [k for k in node.value if k not in options]
+        if len(actions) != 1:
+            raise node.error(f"a step names exactly one action, got {len(actions)}: {actions}")
+        name = actions[0]
+        params_node = Node(node.value[name], node.child_path(name))
+        params = params_node.value if params_node.value is not None else {}
+        if not isinstance(params, Mapping):
+            raise params_node.error(f"the parameters must be a mapping, got {kind(params)}")
+        timeout: float | None = self.step_timeout
+        if "timeout" in options:
+            timeout = Node(options["timeout"], node.child_path("timeout")).number()
+        on_error = options.get("on_error", "stop")
+        if on_error not in ("stop", "continue"):
+            raise ConfigError(node.child_path("on_error"), "must be stop or continue")
+        return StepSpec(name=name, params=dict(params), timeout=timeout, on_error=on_error, path=params_node.path)
+
+    def devices(self, node: Node, defaults: dict[str, Node], groups: dict[str, dict[str, Node]], chains: Mapping[str, Any]) -> Iterator[Device]:
+        names: dict[str, str] = {}
+        owners: dict[str, str] = {}
+        allowed = ("name", "host_keys", "group") + _PROFILE_KEYS
+        for device_node in node.items():
+            fields = device_node.mapping(allowed)
+            if "name" not in fields:
+                raise device_node.error("missing name")
+            name = fields["name"].text()
+            if not DEVICE_NAME.match(name):
+                raise fields["name"].error(
+                    "must be letters, digits, '.', '_' or '-' (it names the results folder)"
+                )
+            if name in names:
+                raise fields["name"].error(f"duplicate device name, also at {names[name]}")
+            names[name] = fields["name"].path
+            if "host_keys" not in fields:
+                raise device_node.error("missing host_keys: the device is known only by its SSH host key")
+            host_keys = set()
+            for entry in fields["host_keys"].items():
+                try:
+                    fp = fingerprints.from_entry(entry.text())
+                except fingerprints.FingerprintError as e:
+                    raise entry.error(str(e)) from None
+                if fp in owners and owners[fp] != name:
+                    raise entry.error(f"host key {fp} is already listed for device {owners[fp]!r}")
+                owners[fp] = name
+                host_keys.add(fp)
+            if not host_keys:
+                raise fields["host_keys"].error("must list at least one host key")
+            group = None
+            layers = [fields]
+            if "group" in fields:
+                group = fields["group"].text()
+                if group not in groups:
+                    known = ", ".join(sorted(groups)) or "none defined"
+                    raise fields["group"].error(f"no group named {group!r} (groups: {known})")
+                layers.append(groups[group])
+            layers.append(defaults)
+            profile = self.profile(layers, device_node.path, chains)
+            assert profile is not None
+            yield Device.from_profile(name, frozenset(host_keys), profile, group)
