@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["callhome", "callhome.*"]) + ["twisted.plugins"],
     package_data={
-        "callhome": ["openapi.yaml"],
+        "callhome.control": ["openapi.yaml"],
         "callhome.simulator": ["datastore.xml", "yang/*.yang"],
         "twisted": ["plugins/callhome_plugin.py"],
     },

@@ -270,8 +270,8 @@ class Manager:
         if call.call is not None and call.call.device is not None:
             self.registry.transition(call.call.device, "authenticating")
 
-    def _context(self, device: Device, session: "NetconfSession", call_id: str) -> ActionContext:
-        """What a chain of this device's steps works with."""
+    def step_context(self, device: Device, session: "NetconfSession", call_id: str) -> ActionContext:
+        """What a chain of this device's steps works with (also an API RPC's one step)."""
         context = ActionContext(
             device=device,
             session=session,
@@ -296,9 +296,9 @@ class Manager:
         device = record.device
         self.registry.transition(device, "connected")
         session.on_rpc_done = self.metrics.rpc_done
-        context = self._context(device, session, record.id)
+        context = self.step_context(device, session, record.id)
         chain = run_chain(self.chains[device.chain], context, self.clock)
-        self._track(chain)
+        self.track(chain)
         # A session that ends (device gone, shutdown, API disconnect) ends
         # its chain: a sleeping or hung step must not outlive it.
         session.closed.addBoth(self._cut_chain, chain)
@@ -325,7 +325,7 @@ class Manager:
             chain.cancel()
         return result
 
-    def _track(self, chain: defer.Deferred[Any]) -> None:
+    def track(self, chain: defer.Deferred[Any]) -> None:
         """Keep a running chain in L{running} until it ends."""
         self.running.add(chain)
 
@@ -374,9 +374,9 @@ class Manager:
         chains = self.chains
         if device.on_notification not in chains:  # removed by a reload
             return
-        context = self._context(device, session, call_id)
+        context = self.step_context(device, session, call_id)
         context.notification = root
-        self._track(run_chain(chains[device.on_notification], context, self.clock))
+        self.track(run_chain(chains[device.on_notification], context, self.clock))
 
     def call_ended(self, call: "CallHomeTransport") -> None:
         """Log the call's one line, count its outcome, update the device's status."""

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -34,14 +34,15 @@ from callhome import logs
 from callhome.actions.chains import Chains, build_chains
 from callhome.logs import LevelLogger
 from callhome.config import Config
+from callhome.control.api import api_site
+from callhome.control.errors import ReloadRefused
+from callhome.control.operations import ControlPlane
 from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.manager import Manager
 from callhome.metrics import Metrics
 from callhome.registry import Registry
 from callhome.store import Store
-
-if TYPE_CHECKING:  # pragma: no cover
-    from callhome.workers import WorkerPool
+from callhome.workers.supervisor import WorkerPool
 
 #: seconds between retention passes over the store.
 RETENTION_INTERVAL = 3600.0
@@ -110,10 +111,6 @@ class WorkerRole:
     inherited: dict[str, int]
 
 
-class ReloadError(Exception):
-    """A reload was refused; the running config is unchanged."""
-
-
 class CallHomeService(MultiService):
     """
     Listens on every configured endpoint and serves the calls.
@@ -157,20 +154,19 @@ class CallHomeService(MultiService):
         self.listeners: dict[str, EndpointListener] = {}
         for description in config.listen:
             self._add_listener(description)
-        self.pool: "WorkerPool | None" = None
+        #: the operations the API and the worker link expose.
+        self.control = ControlPlane(self.manager, self.store, self.metrics, service=self)
+        self.pool: WorkerPool | None = None
         if worker is None and config.workers > 1:
-            from callhome.workers import WorkerPool
-
             # After the listeners: it starts once they are bound.
-            self.pool = WorkerPool(self, config.workers)
+            self.pool = WorkerPool(reactor, self.manager, config.workers, self.listening_sockets)
             self.pool.setServiceParent(self)
             self.manager.cluster = self.pool
+            self.control.remote = self.pool
         self.api: EndpointListener | None = None
         if config.api.listen is not None and worker is None:
-            from callhome.api import api_site
-
             endpoint = serverFromString(reactor, config.api.listen)
-            self.api = EndpointListener(config.api.listen, endpoint, api_site(self))
+            self.api = EndpointListener(config.api.listen, endpoint, api_site(self.control, config.api.token))
             self.api.setServiceParent(self)
 
     def _timer(self, interval: float, work: Callable[[], Any]) -> None:
@@ -220,6 +216,14 @@ class CallHomeService(MultiService):
     def addresses(self) -> list[object]:
         """The bound address of every call-home listener (e.g. to learn a tcp:0 port)."""
         return [l.port.getHost() for l in self.listeners.values() if l.port is not None]
+
+    def listening(self) -> list[str]:
+        """The call-home endpoints bound now (their descriptions)."""
+        return [d for d, l in self.listeners.items() if l.port is not None]
+
+    def listening_sockets(self) -> dict[str, int]:
+        """Each bound call-home listener's socket, for worker processes to inherit."""
+        return {d: l.port.fileno() for d, l in self.listeners.items() if l.port is not None}  # type: ignore[attr-defined]
 
     def api_address(self) -> object | None:
         """The API's bound address, if it listens."""
@@ -276,7 +280,7 @@ class CallHomeService(MultiService):
         """Reload, logging a refusal instead of raising it."""
         try:
             return self.reload(why)
-        except ReloadError as e:
+        except ReloadRefused as e:
             self.log.error("reload ({why}) refused, running config kept: {error}", why=why, error=str(e))
             return None
 
@@ -284,11 +288,11 @@ class CallHomeService(MultiService):
         """
         Re-read the config file and apply it; return what changed.
 
-        @raises ReloadError: the config is bad or a new listener cannot
+        @raises ReloadRefused: the config is bad or a new listener cannot
             bind; nothing was changed.
         """
         if self.stopping:
-            raise ReloadError("the service is stopping")
+            raise ReloadRefused("the service is stopping")
         try:
             new = config_module.load(self.config.source)
             chains = build_chains(new)
@@ -354,10 +358,10 @@ class CallHomeService(MultiService):
         self.manager.event("reload", f"config reloaded ({why})", data=summary)
         return summary
 
-    def _refused(self, why: str) -> ReloadError:
+    def _refused(self, why: str) -> ReloadRefused:
         """Record a refused reload as an event; the error to raise."""
         self.manager.event("reload-refused", why)
-        return ReloadError(why)
+        return ReloadRefused(why)
 
     # --- stop ------------------------------------------------------------------------------
 

@@ -287,6 +287,33 @@ class Store:
         """Rows as dicts, read after every write queued so far."""
         return self.interaction(lambda cursor: _rows(cursor.execute(sql, parameters)))
 
+    def ping(self) -> defer.Deferred[list[dict[str, Any]]]:
+        """A trivial read: fails if the database does not answer."""
+        return self.query("SELECT 1 AS ok")
+
+    def events(
+        self, after_id: int | None = None, since: float | None = None, device: str | None = None,
+        kind: str | None = None, limit: int = 100,
+    ) -> defer.Deferred[list[dict[str, Any]]]:
+        """Events oldest first: after an event id, from a time, of a device, of a kind."""
+        where, params = _conditions((("id > ?", after_id), ("time >= ?", since), ("device = ?", device), ("kind = ?", kind)))
+        sql = "SELECT id, time, device, kind, message, data FROM events" + where + " ORDER BY id LIMIT ?"
+        return self.query(sql, [*params, limit])
+
+    def results(
+        self, device: str | None = None, action: str | None = None, session: str | None = None,
+        before_id: int | None = None, limit: int = 100,
+    ) -> defer.Deferred[list[dict[str, Any]]]:
+        """Result metadata newest first: of a device, an action, a call; before a result id."""
+        where, params = _conditions((("device = ?", device), ("action = ?", action), ("session = ?", session), ("id < ?", before_id)))
+        sql = "SELECT id, device, action, time, size, sha256, session, path FROM results" + where + " ORDER BY id DESC LIMIT ?"
+        return self.query(sql, [*params, limit])
+
+    def result(self, result_id: int) -> defer.Deferred[dict[str, Any] | None]:
+        """One result's metadata (path, checksum, device, action), or None."""
+        d = self.query("SELECT path, sha256, device, action FROM results WHERE id = ?", (result_id,))
+        return d.addCallback(lambda rows: rows[0] if rows else None)
+
     def interaction(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """Run C{work(cursor, *args)} on the database thread, after queued writes."""
         self.flush()
@@ -326,6 +353,13 @@ class Store:
 
         flushed.addBoth(stop)
         return flushed
+
+
+def _conditions(pairs: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """A WHERE clause of the conditions whose value is given, and their parameters."""
+    given = [(condition, value) for condition, value in pairs if value is not None]
+    where = " WHERE " + " AND ".join(c for c, _ in given) if given else ""
+    return where, [v for _, v in given]
 
 
 def _write_batch(cursor: sqlite3.Cursor, batch: list[tuple[str, Sequence[Any] | dict[str, Any]]]) -> int:

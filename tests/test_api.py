@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from callhome.api import ROUTES
+from callhome.control.api import ROUTES
 from tests.service_harness import RunningService, http, run_cli, wait_for
 
 GET_CONFIG = b'<get-config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><source><running/></source></get-config>'

@@ -5,7 +5,7 @@ changed, a listener removed, a broken config refused (the old one kept).
 
 from __future__ import annotations
 
-from callhome.service import ReloadError
+from callhome.control.errors import ReloadRefused as ReloadError
 from tests.service_harness import RunningService, free_port, wait_for
 
 

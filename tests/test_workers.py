@@ -17,7 +17,9 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from callhome.metrics import Metrics
-from callhome.workers import Channel, WorkerPool, decode_response, encode_response
+from callhome.control.wire import decode_answer, encode_answer
+from callhome.workers.channel import Channel
+from callhome.workers.supervisor import Worker, WorkerPool
 from tests.service_harness import RunningService, wait_for
 from tests.test_api import GET_CONFIG, metric
 
@@ -176,10 +178,8 @@ class ClaimTests(TestCase):
         from twisted.internet.task import Clock
 
         replaced: list[object] = []
-        manager = SimpleNamespace(sessions={}, replace=replaced.append, registry=None)
-        service = SimpleNamespace(reactor=Clock(), manager=manager, config=SimpleNamespace(duplicate_sessions=policy))
-        pool = WorkerPool(service, 3)  # type: ignore[arg-type]
-        from callhome.workers import Worker
+        manager = SimpleNamespace(sessions={}, replace=replaced.append, registry=None, config=SimpleNamespace(duplicate_sessions=policy))
+        pool = WorkerPool(Clock(), manager, 3, dict)  # type: ignore[arg-type]
 
         for index in (1, 2):
             worker = Worker(index)
@@ -208,7 +208,7 @@ class ClaimTests(TestCase):
         self.assertFalse(pool.claim("edge", object()))  # type: ignore[arg-type]
         self.assertEqual(pool.owners["edge"], (1, "a-1"))
         # A session the main process holds refuses a worker's claim.
-        pool.service.manager.sessions["core"] = object()
+        pool.manager.sessions["core"] = object()
         self.assertEqual(pool._claim(pool.workers[1], "core", "a-2"), "refuse")
         # The same worker replacing its own session is not a duplicate.
         self.assertEqual(pool._claim(pool.workers[1], "edge", "a-3"), "ok")
@@ -267,17 +267,19 @@ class ResponseEncodingTests(TestCase):
     def test_round_trip(self):
         from twisted.python.failure import Failure
 
-        from callhome.api import ApiError, Reply
+        from callhome.control import errors
+        from callhome.control.api import STATUS
+        from callhome.control.results import XmlAnswer
 
-        reply = decode_response(json.loads(json.dumps(encode_response(Reply(b"<rpc-reply/>\xff", "application/xml", headers={"X-Netconf-Outcome": "ok"})))))
-        self.assertEqual((reply.body, reply.headers), (b"<rpc-reply/>\xff", {"X-Netconf-Outcome": "ok"}))
-        self.assertEqual(decode_response(encode_response({"a": 1})), {"a": 1})
-        with self.assertRaises(ApiError) as raised:
-            decode_response(encode_response(Failure(ApiError(409, "no session"))))
-        self.assertEqual((raised.exception.status, raised.exception.message), (409, "no session"))
-        with self.assertRaises(ApiError) as raised:
-            decode_response(encode_response(Failure(KeyError("x"))))
-        self.assertEqual(raised.exception.status, 500)
+        reply = decode_answer(json.loads(json.dumps(encode_answer(XmlAnswer(b"<rpc-reply/>\xff", "ok")))))
+        self.assertEqual((reply.raw, reply.outcome), (b"<rpc-reply/>\xff", "ok"))
+        self.assertEqual(decode_answer(encode_answer({"a": 1})), {"a": 1})
+        with self.assertRaises(errors.Conflict) as raised:
+            decode_answer(encode_answer(Failure(errors.Conflict("no session"))))
+        self.assertEqual((STATUS[type(raised.exception)], raised.exception.message), (409, "no session"))
+        with self.assertRaises(errors.InternalError) as raised:
+            decode_answer(encode_answer(Failure(KeyError("x"))))
+        self.assertEqual(STATUS[type(raised.exception)], 500)
 
 
 class MergedMetricsTests(TestCase):

@@ -60,7 +60,6 @@ def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime
     stopped = False
 
     def run_step(_: object, index: int, step: Step) -> defer.Deferred[None] | None:
-        nonlocal stopped
         if stopped or context.stop:
             return None
         started = clock.seconds()
