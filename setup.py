@@ -28,7 +28,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "callhome = callhome.cli:main",
+            "callhome = callhome.tools.cli:main",
             "callhome-device = callhome.simulator.cli:main",
         ],
     },

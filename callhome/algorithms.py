@@ -5,7 +5,7 @@ Key exchange happens before the device is identified (its host key *is* its
 identity), so a legacy algorithm that any device or group opts into is
 offered to every call, after all modern ones; once the device is known, a
 call that negotiated a legacy algorithm the device did not opt into is
-dropped (see L{callhome.ssh.CallHomeTransport.connectionSecure}).
+dropped (see L{callhome.ssh.transport.CallHomeTransport.connectionSecure}).
 """
 
 from __future__ import annotations

@@ -37,11 +37,11 @@ from callhome.config import Config
 from callhome.control.api import api_site
 from callhome.control.errors import ReloadRefused
 from callhome.control.operations import ControlPlane
-from callhome.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
-from callhome.manager import Manager
+from callhome.call.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
+from callhome.call.manager import Manager
 from callhome.metrics import Metrics
-from callhome.registry import Registry
-from callhome.store import Store
+from callhome.call.registry import Registry
+from callhome.storage.store import Store
 from callhome.workers.supervisor import WorkerPool
 
 #: seconds between retention passes over the store.

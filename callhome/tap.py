@@ -14,7 +14,7 @@ from callhome import config as config_module
 from callhome.actions.chains import build_chains
 from callhome.logs import json_observer
 from callhome.service import CallHomeService
-from callhome.store import StoreError
+from callhome.storage.store import StoreError
 
 
 class Options(usage.Options):

@@ -15,7 +15,7 @@ from twisted.test import iosim
 from callhome import config as config_module
 from callhome.actions.chains import build_chains
 from callhome import fingerprints
-from callhome.manager import Manager
+from callhome.call.manager import Manager
 from callhome.simulator.netconf_server import Datastore
 from callhome.simulator.ssh_server import DeviceSSHFactory
 

@@ -98,7 +98,7 @@ def run_cli(*args: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
     """Run the callhome command (this checkout's) in its own process."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("CALLHOME_API", None)
-    return utils.getProcessOutputAndValue(sys.executable, ["-m", "callhome.cli", *args], env=env, reactor=reactor)
+    return utils.getProcessOutputAndValue(sys.executable, ["-m", "callhome.tools.cli", *args], env=env, reactor=reactor)
 
 
 async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:

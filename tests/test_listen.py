@@ -48,7 +48,7 @@ class ListenTests(TestCase):
 
     def listen(self, *args: str):
         return run_module(
-            "callhome.cli", "listen", "--port", str(self.port), "--interface", "127.0.0.1",
+            "callhome.tools.cli", "listen", "--port", str(self.port), "--interface", "127.0.0.1",
             "--private-key", str(self.key), "--timeout", "20", *args,
         )
 
@@ -95,7 +95,7 @@ class ListenTests(TestCase):
     async def test_nobody_calls(self):
         """No call within --timeout: exit 2 with a clear message."""
         out, err, code = await run_module(
-            "callhome.cli", "listen", "--port", str(self.port), "--interface", "127.0.0.1",
+            "callhome.tools.cli", "listen", "--port", str(self.port), "--interface", "127.0.0.1",
             "--private-key", str(self.key), "--host-key", self.device_fp, "--get", "--timeout", "1",
         )
         self.assertEqual(code, 2)
@@ -103,7 +103,7 @@ class ListenTests(TestCase):
 
     async def test_needs_a_host_key_choice(self):
         """Neither --host-key nor --accept-any-host-key: refused, nothing listens."""
-        out, err, code = await run_module("callhome.cli", "listen", "--get", "--private-key", str(self.key))
+        out, err, code = await run_module("callhome.tools.cli", "listen", "--get", "--private-key", str(self.key))
         self.assertEqual(code, 2)
         self.assertIn(b"--host-key", err)
 

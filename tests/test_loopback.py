@@ -226,7 +226,7 @@ class HAProxyTests(ServiceTestCase):
         # start_service listened on plain tcp; add a haproxy: listener.
         from twisted.internet.endpoints import serverFromString
 
-        from callhome.listener import ProxiedCallFactory
+        from callhome.call.listener import ProxiedCallFactory
 
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(ProxiedCallFactory(service.manager))
         self.addCleanup(port.stopListening)
@@ -276,7 +276,7 @@ class HAProxyTests(ServiceTestCase):
         from twisted.internet.endpoints import serverFromString
         from twisted.protocols import portforward
 
-        from callhome.listener import ProxiedCallFactory
+        from callhome.call.listener import ProxiedCallFactory
 
         tmp = Path(self.mktemp())
         key = load_or_create_host_key(tmp / "good")

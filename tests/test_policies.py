@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from callhome.admission import Admission
+from callhome.call.admission import Admission
 from callhome.config import AdmissionSettings
 from callhome.simulator.ssh_server import DeviceTransport
 from tests.helpers import make_keys, InMemoryCall, config_text, device_factory, make_config, memory_manager, new_key
@@ -82,7 +82,7 @@ class PolicyTests(SynchronousTestCase):
         once approved (what the API's approve does) the next call is served,
         no restart.
         """
-        from callhome.registry import EnrollmentError
+        from callhome.call.registry import EnrollmentError
 
         stranger = new_key()
         config = self.config("unknown_devices: quarantine")
@@ -106,7 +106,7 @@ class PolicyTests(SynchronousTestCase):
 
     def test_offline_approval_through_enrolled_json(self):
         """callhome approve --offline writes enrolled.json; the registry applies it."""
-        from callhome.cli import CliError, approve_offline
+        from callhome.tools.cli import CliError, approve_offline
 
         stranger = new_key()
         config = self.config("unknown_devices: quarantine")

@@ -11,7 +11,8 @@ from twisted.conch.ssh import common, userauth
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from callhome.ssh import CallHomeTransport, CallHomeUserAuth
+from callhome.ssh.transport import CallHomeTransport
+from callhome.ssh.userauth import CallHomeUserAuth
 from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager, new_key
 
 MSG_SERVICE_REQUEST = 5

@@ -13,9 +13,9 @@ from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
-from callhome import store as store_module
-from callhome.registry import Registry
-from callhome.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
+from callhome.storage import store as store_module
+from callhome.call.registry import Registry
+from callhome.storage.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
 from tests.helpers import make_config, new_key, write_key
 
 

@@ -85,7 +85,7 @@ class ListenerWiringTests(SynchronousTestCase):
     def test_haproxy_listener_uses_our_proxy_wrapper(self):
         """haproxy: endpoints admit by the PROXY header's address (ProxiedCallFactory)."""
         from callhome import config as config_module
-        from callhome.listener import CallHomeFactory, ProxiedCallFactory
+        from callhome.call.listener import CallHomeFactory, ProxiedCallFactory
 
         tmp = Path(self.mktemp())
         config = config_module.loads(

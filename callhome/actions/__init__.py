@@ -35,7 +35,7 @@ __all__: list[str] = []
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Device
     from callhome.netconf.session import NetconfSession
-    from callhome.results import ResultsWriter
+    from callhome.storage.results import ResultsWriter
 
 
 class ActionConfigError(ValueError):

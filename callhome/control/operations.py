@@ -33,12 +33,12 @@ from callhome.control.results import ResultFile, XmlAnswer
 from callhome.metrics import Metrics
 from callhome.netconf import xml
 from callhome.netconf.session import RPCReply, RPCTimeout, SessionClosed
-from callhome.registry import EnrollmentError
+from callhome.call.registry import EnrollmentError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from callhome.manager import Manager
-    from callhome.ssh import CallHomeTransport
-    from callhome.store import Store
+    from callhome.call.manager import Manager
+    from callhome.ssh.transport import CallHomeTransport
+    from callhome.storage.store import Store
 
 #: actions the JSON form of an RPC may run: the operations, not the ones
 #: that write files on the manager.

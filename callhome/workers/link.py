@@ -20,12 +20,12 @@ from callhome.call.record import Outcome
 from callhome.control.operations import ControlPlane
 from callhome.control.wire import encode_answer
 from callhome.logs import LevelLogger
-from callhome.registry import EnrollmentError
+from callhome.call.registry import EnrollmentError
 from callhome.workers.channel import Channel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from callhome.manager import Manager
-    from callhome.ssh import CallHomeTransport
+    from callhome.call.manager import Manager
+    from callhome.ssh.transport import CallHomeTransport
 
 
 class WorkerLink:

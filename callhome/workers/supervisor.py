@@ -26,8 +26,8 @@ from callhome.logs import LevelLogger
 from callhome.workers.channel import Channel, RemoteError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from callhome.manager import Manager
-    from callhome.ssh import CallHomeTransport
+    from callhome.call.manager import Manager
+    from callhome.ssh.transport import CallHomeTransport
 
 #: seconds before a dead worker is started again (doubling while it keeps dying).
 RESPAWN_DELAY = 1.0

@@ -308,7 +308,7 @@ def approve_offline(config_path: str, fingerprint: str, name: str, group: str | 
     """Write an enrollment to enrolled.json, for a service that is not running."""
     from callhome import config as config_module
     from callhome import fingerprints
-    from callhome.registry import ENROLLED_FILE, Enrollment, EnrollmentError, check_enrollment, read_json, write_json
+    from callhome.call.registry import ENROLLED_FILE, Enrollment, EnrollmentError, check_enrollment, read_json, write_json
 
     try:
         config = config_module.load(config_path)
@@ -379,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("disconnect", parents=[common], help="close a device's session")
     sub.add_argument("device")
     commands.add_parser("reload", parents=[common], help="have the service re-read its config")
-    from callhome import listen
+    from callhome.tools import listen
 
     sub = commands.add_parser("listen", help="wait for one call home, run one operation, print the reply")
     listen.add_arguments(sub)
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``callhome``."""
     args = parser().parse_args(argv)
     if args.command == "listen":
-        from callhome import listen
+        from callhome.tools import listen
 
         return listen.run(args)
     try:

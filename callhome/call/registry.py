@@ -8,7 +8,7 @@ status (``connecting``, ``authenticating``, ``connected``, ``failed-auth``,
 seen, how many calls it made and its last error.  Unknown host keys seen
 under ``unknown_devices: quarantine`` are kept as pending devices.
 
-State lives in the store (SQLite, L{callhome.store}): status, quarantine
+State lives in the store (SQLite, L{callhome.storage.store}): status, quarantine
 and enrollments are read once at start-up and written back, batched, by the
 housekeeping tick.  An approval comes through the API
 (L{Registry.approve}) and applies at once.  ``enrolled.json`` in
@@ -33,7 +33,7 @@ from callhome import fingerprints
 from callhome.config import DEVICE_NAME, Config, Device
 
 if TYPE_CHECKING:  # pragma: no cover
-    from callhome.store import Snapshot, Store
+    from callhome.storage.store import Snapshot, Store
 
 STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected")
 
@@ -151,7 +151,7 @@ class Registry:
     @ivar store: where state is written; None keeps it in memory only.
     """
 
-    log = LevelLogger(namespace="callhome.registry")
+    log = LevelLogger(namespace="callhome.call.registry")
 
     def __init__(
         self,

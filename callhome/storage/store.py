@@ -3,7 +3,7 @@ The store: results metadata, events, notifications, device status,
 quarantine and enrollments in SQLite.
 
 Result payloads stay files in ``results_dir`` (written atomically by
-L{callhome.results.ResultsWriter}); the database keeps their metadata
+L{callhome.storage.results.ResultsWriter}); the database keeps their metadata
 (device, action, time, size, SHA-256, session) so the API can list and serve
 them.
 
@@ -157,7 +157,7 @@ class Store:
     @ivar pending: writes queued for the next flush, as (SQL, parameters).
     """
 
-    log = LevelLogger(namespace="callhome.store")
+    log = LevelLogger(namespace="callhome.storage.store")
 
     def __init__(self, path: str | os.PathLike[str], reactor: Any, flush_interval: float = 0.5, clock: IReactorTime | None = None) -> None:
         self.path = Path(path)

@@ -1,7 +1,7 @@
 """
 The manager: the policies of a call, from admission to its log line.
 
-It answers the transport's questions (:class:`callhome.ssh.CallHandler`):
+It answers the transport's questions (:class:`callhome.ssh.transport.CallHandler`):
 may this connection in (admission), whose host key is this and may it call
 now (registry, unknown-device and duplicate-session policies), and once the
 NETCONF hello is in it runs the device's chain and closes the session.  It
@@ -23,18 +23,18 @@ from callhome import algorithms
 from callhome.actions import ActionContext
 from callhome.actions.chains import Chains, build_chains
 from callhome.actions.runner import StepOutcome, run_chain
-from callhome.admission import Admission
+from callhome.call.admission import Admission
 from callhome.call.record import Outcome
 from callhome.config import Config, Device, NetconfSettings
 from callhome.logs import LevelLogger
 from callhome.metrics import Metrics
-from callhome.registry import Registry
-from callhome.results import ResultsWriter, SavedFile
+from callhome.call.registry import Registry
+from callhome.storage.results import ResultsWriter, SavedFile
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.netconf.session import NetconfSession
-    from callhome.ssh import CallHomeTransport
-    from callhome.store import Store
+    from callhome.ssh.transport import CallHomeTransport
+    from callhome.storage.store import Store
 
 class Cluster(Protocol):
     """
@@ -168,7 +168,7 @@ class Manager:
 
     def new_call(self) -> "CallHomeTransport":
         """The transport for a new, admitted connection (tracked from now on)."""
-        from callhome.ssh import CallHomeTransport
+        from callhome.ssh.transport import CallHomeTransport
 
         call = CallHomeTransport(
             self, self.config.ssh.handshake_timeout,

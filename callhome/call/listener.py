@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from callhome.manager import Manager
+from callhome.call.manager import Manager
 
 #: A reconnect storm overflows the kernel's default accept queue of 50.
 DEFAULT_BACKLOG = 1024

@@ -39,7 +39,7 @@ class Admission:
         ``too-many-pending-from-source``, ``blocked``).
     """
 
-    log = LevelLogger(namespace="callhome.admission")
+    log = LevelLogger(namespace="callhome.call.admission")
 
     def __init__(self, settings: AdmissionSettings, clock: IReactorTime) -> None:
         self.settings = settings

@@ -1,0 +1,164 @@
+"""
+The SSH connection service of a call and its one session channel, which
+runs the ``netconf`` subsystem (RFC 6242 §3) and carries a
+:class:`~callhome.netconf.session.NetconfSession`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.conch.ssh import channel, common, connection
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from callhome.call.record import CallRecord, CallState
+from callhome.logs import conch_logger
+from callhome.netconf.session import NetconfSession
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from callhome.config import NetconfSettings
+
+
+class CallSide(Protocol):
+    """
+    What the connection and its channel need of the call's transport
+    (L{callhome.ssh.transport.CallHomeTransport}), named here so this
+    module does not import the transport that imports it.
+    """
+
+    call: CallRecord | None
+    handler: Any
+
+    def fail(self, reason: str) -> None:
+        """End the call now with C{reason}."""
+
+    def hang_up(self) -> None:
+        """End the call once its NETCONF session is over."""
+
+    def authenticated(self) -> None:
+        """Userauth succeeded."""
+
+    def netconf_started(self, session: NetconfSession) -> None:
+        """The device's hello arrived."""
+
+    def stop_keepalive(self) -> None:
+        """The call ended: no more keepalives."""
+
+
+class CallHomeConnection(connection.SSHConnection):
+    """The SSH connection service: opens the one NETCONF channel."""
+
+    _log = conch_logger("callhome.ssh.conch")
+
+    def __init__(self, call_transport: CallSide) -> None:
+        super().__init__()
+        self.call_transport = call_transport
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
+        """Answer the device's keepalives (keepalive@openssh.com and kin) with success."""
+        return 1 if requestType.startswith(b"keepalive@") else 0
+
+    def serviceStopped(self) -> None:
+        """The call ended: no more keepalives."""
+        self.call_transport.stop_keepalive()
+        super().serviceStopped()
+
+    def serviceStarted(self) -> None:
+        """Authenticated: open the session channel for NETCONF."""
+        super().serviceStarted()
+        self.call_transport.authenticated()
+        record = self.call_transport.call
+        assert record is not None and record.device is not None
+        device = record.device
+        settings = self.call_transport.handler.netconf_settings(device)
+        self.openChannel(NetconfChannel(self.call_transport, settings, conn=self))
+
+
+class NetconfChannel(channel.SSHChannel):
+    """
+    A session channel running the ``netconf`` subsystem (RFC 6242 §3).
+
+    The channel is the NetconfSession's transport: C{write} and
+    C{loseConnection} are the channel's own.
+    """
+
+    name = b"session"
+    _log = conch_logger("callhome.ssh.conch")
+
+    #: A larger window than conch's default lets big replies stream without
+    #: waiting for a window adjust every 128 KiB.
+    WINDOW = 2 * 1024 * 1024
+
+    def __init__(self, call_transport: CallSide, settings: "NetconfSettings", **kwargs: object) -> None:
+        super().__init__(localWindow=self.WINDOW, localMaxPacket=32768, **kwargs)  # type: ignore[arg-type]
+        self.call_transport = call_transport
+        self.settings = settings
+        self.session: NetconfSession | None = None
+        # A device may send its hello before it answers the subsystem
+        # request (conch's own server does); keep those bytes for the session.
+        self._early: list[bytes] = []
+
+    def channelOpen(self, specificData: bytes) -> None:
+        """Ask for the netconf subsystem."""
+        d = self.conn.sendRequest(self, b"subsystem", common.NS(b"netconf"), wantReply=True)
+        d.addCallbacks(self._subsystem_started, self._subsystem_refused)
+
+    def openFailed(self, reason: Failure) -> None:
+        """The device would not open a session channel."""
+        self.call_transport.fail(f"device refused the session channel: {reason.value}")
+
+    def _subsystem_started(self, _: object) -> None:
+        assert self.call_transport.call is not None
+        self.call_transport.call.advance(CallState.HELLO)
+        device = self.call_transport.call.device
+        self.session = NetconfSession(
+            self.call_transport.handler.clock,
+            offer_base_1_1=self.settings.offer_base_1_1,
+            hello_timeout=self.settings.hello_timeout,
+            rpc_timeout=self.settings.rpc_timeout,
+            max_message_size=self.settings.max_message_size,
+            label=device.name if device else self.call_transport.call.peer,
+        )
+        self.session.hello_received.addCallbacks(
+            lambda hello: self.call_transport.netconf_started(self.session),  # type: ignore[arg-type]
+            lambda failure: None,  # the session's close reason says why
+        )
+        self.session.makeConnection(self)
+        early, self._early = b"".join(self._early), []
+        if early:
+            self.session.dataReceived(early)
+
+    def _subsystem_refused(self, failure: Failure) -> None:
+        self.call_transport.fail("device refused the netconf subsystem")
+
+    def dataReceived(self, data: bytes) -> None:
+        """NETCONF bytes from the device."""
+        if self.session is not None:
+            self.session.dataReceived(data)
+        elif sum(map(len, self._early)) + len(data) <= self.settings.max_message_size:
+            self._early.append(data)
+        else:
+            self.call_transport.fail("device sent too much before the netconf subsystem started")
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        """stderr of the subsystem: not NETCONF; ignored."""
+
+    def eofReceived(self) -> None:
+        """The device will send nothing more: close the channel."""
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        """The session is over: close the channel and hang up the call."""
+        super().loseConnection()
+        self.call_transport.hang_up()
+
+    def closed(self) -> None:
+        """The channel is gone: end the session, then the whole call."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.connectionLost(Failure(ConnectionDone("channel closed")))
+            if self.call_transport.call is not None:
+                self.call_transport.call.note(session.close_reason)
+        self.call_transport.hang_up()
