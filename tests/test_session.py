@@ -170,6 +170,16 @@ class HelloTests(SessionTestCase):
         self.assertIn("no hello", session.close_reason)
         self.assertTrue(self.transport.disconnecting)
 
+    def test_hello_timeout_fails_hello_received_with_hello_timeout(self):
+        """Who waits for the hello learns it never came (HelloTimeout), not just that the session closed."""
+        from callhome.netconf.session import HelloTimeout
+
+        session = self.make_session(hello_timeout=5)
+        self.clock.advance(5)
+        session.connectionLost(None)
+        failure = self.failureResultOf(session.hello_received, HelloTimeout)
+        self.assertIn("no hello", str(failure.value))
+
     def test_hello_cancels_timeout(self):
         """Once the hello is in, the hello timer must not fire."""
         session = self.established(hello_timeout=5)

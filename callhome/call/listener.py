@@ -13,6 +13,10 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
+# HAProxyProtocolWrapper is not exported by twisted.protocols.haproxy; its
+# public wrapper (the haproxy: endpoint) builds the call at accept time,
+# before the PROXY header names the device (docs/DESIGN.md).  We reuse only
+# its header parser, driven by hand.
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
@@ -100,6 +104,8 @@ class ProxiedCall(ProtocolWrapper):
         captured: list[bytes] = []
         header_parser.wrappedProtocol = _Capture(captured)
         header_parser.dataReceived(data)  # an invalid header: it hangs up
+        # _proxyInfo (private) is set once the whole header is parsed: the
+        # wrapper has no public "header complete" signal but this.
         if header_parser._proxyInfo is None:
             return  # not complete yet, or refused
         if self._header_timer is not None and self._header_timer.active():

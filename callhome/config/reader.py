@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import yaml
+# _parseServer is private; Twisted has no public way to check an endpoint
+# string without building (and, for some kinds, binding) the endpoint.
 from twisted.internet.endpoints import _parseServer
 
 from callhome import fingerprints
@@ -73,8 +75,6 @@ def parse_step(value: Any, path: str, step_timeout: float = DEFAULT_STEP_TIMEOUT
 
 def is_loopback_endpoint(description: str) -> bool:
     """Whether a server endpoint string listens on loopback (or a UNIX socket) only."""
-    # _parseServer is private, but Twisted has no public way to read an
-    # endpoint string without building (and, for some, binding) the endpoint.
     kind, args, kwargs = _parseServer(description, None)
     if str(kind).lower() == "unix":
         return True

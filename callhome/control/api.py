@@ -110,6 +110,9 @@ class ManagementApi(Resource):
 
     def render(self, request: Request) -> Any:
         """Authenticate, route, run the handler; answer with JSON (or the payload)."""
+        # A client that hangs up before the answer must not get one written
+        # to a dead connection: notifyFinish errs when the connection is lost.
+        request.notifyFinish().addErrback(lambda _: setattr(request, "callhome_gone", True))
         d = defer.maybeDeferred(self._dispatch, request)
         d.addCallback(self._respond, request)
         d.addErrback(self._fail, request)
@@ -144,7 +147,7 @@ class ManagementApi(Resource):
             raise ApiError(401, "a valid bearer token is required (Authorization: Bearer ...)", {"WWW-Authenticate": 'Bearer realm="callhome"'})
 
     def _respond(self, body: Any, request: Request) -> None:
-        if request.finished or request._disconnected:
+        if _done(request):
             return
         if isinstance(body, ResultFile):
             self._send_file(body, request)
@@ -179,13 +182,13 @@ class ManagementApi(Resource):
 
         def finish(_: Any) -> None:
             f.close()
-            if not request.finished and not request._disconnected:
+            if not _done(request):
                 request.finish()
 
         done.addBoth(finish)
 
     def _fail(self, failure: Failure, request: Request) -> None:
-        if request.finished or request._disconnected:
+        if _done(request):
             return
         if failure.check(ApiError):
             error = failure.value
@@ -329,6 +332,11 @@ ROUTES: tuple[tuple[bytes, str, str], ...] = (
     (b"POST", "/quarantine/([^/]+)/approve", "approve"),
     (b"POST", "/reload", "reload"),
 )
+
+
+def _done(request: Request) -> bool:
+    """The request was answered, or its client is gone (see L{ManagementApi.render})."""
+    return bool(request.finished or getattr(request, "callhome_gone", False))
 
 
 _OPENAPI: dict[str, Any] | None = None

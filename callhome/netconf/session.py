@@ -49,8 +49,11 @@ class RPCTimeout(Exception):
     """The device did not answer an RPC in time."""
 
 
-class HelloTimeout(Exception):
-    """The device did not send its hello in time."""
+class HelloTimeout(SessionClosed):
+    """
+    The device did not send its hello in time: what L{NetconfSession.hello_received}
+    fails with then (a kind of L{SessionClosed}, as the session is gone too).
+    """
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class NetconfSession(Protocol):
         self.hello: xml.Hello | None = None
         self.close_reason: str | None = None
         self.hello_received: defer.Deferred[xml.Hello] = defer.Deferred()
+        self._hello_expired = False
         self.closed: defer.Deferred[str] = defer.Deferred()
         self.bytes_received = 0
         #: when the last complete message arrived (persistent idle timeout).
@@ -220,7 +224,8 @@ class NetconfSession(Protocol):
         for deferred in pending.values():
             deferred.errback(error)
         if not self.hello_received.called:
-            self.hello_received.errback(SessionClosed(self.close_reason))
+            never = HelloTimeout if self._hello_expired else SessionClosed
+            self.hello_received.errback(never(self.close_reason))
         self.closed.callback(self.close_reason)
 
     # --- our API ------------------------------------------------------------------
@@ -333,6 +338,7 @@ class NetconfSession(Protocol):
 
     def _hello_timed_out(self) -> None:
         self._hello_timer = None
+        self._hello_expired = True
         self.abort(f"no hello from the device within {self.hello_timeout:g}s")
 
     def _parse(self, message: bytes, scan: bool = False) -> etree._Element | None:

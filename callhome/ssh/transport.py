@@ -8,11 +8,12 @@ timers and keepalives live here; what the call does is its handler's
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.conch.ssh import common, transport
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from callhome import algorithms as algorithms_module
@@ -62,7 +63,7 @@ class CallHandler(Protocol):
         """Record a finished call (one log line, status)."""
 
 
-class CallHomeTransport(transport.SSHClientTransport):
+class CallHomeTransport(TimeoutMixin, transport.SSHClientTransport):
     """
     conch's SSH client transport on a socket the device opened.
 
@@ -88,7 +89,6 @@ class CallHomeTransport(transport.SSHClientTransport):
         self.call: CallRecord | None = None
         self.session: NetconfSession | None = None
         self._handshake_timer: IDelayedCall | None = None
-        self._idle_timer: IDelayedCall | None = None
         self.keepalive: Keepalive | None = None
         self._candidate: "Device | None" = None
         self.bytes_received = 0
@@ -217,8 +217,7 @@ class CallHomeTransport(transport.SSHClientTransport):
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the device: the session is not idle."""
         self.bytes_received += len(data)
-        if self._idle_timer is not None:
-            self._idle_timer.reset(self.idle_timeout)
+        self.resetTimeout()
         super().dataReceived(data)
 
     def start_keepalive(self, interval: float, max_missed: int) -> None:
@@ -237,8 +236,13 @@ class CallHomeTransport(transport.SSHClientTransport):
         if self.keepalive is not None:
             self.keepalive.stop()
 
-    def _idle_timed_out(self) -> None:
-        self._idle_timer = None
+    @property
+    def callLater(self) -> Any:  # type: ignore[override]  # TimeoutMixin's hook, a method there
+        """TimeoutMixin's clock: the handler's, not the global reactor."""
+        return self.handler.clock.callLater
+
+    def timeoutConnection(self) -> None:
+        """TimeoutMixin: nothing came from the device for admission.idle_timeout."""
         self.fail(
             f"nothing received from the device for {self.idle_timeout:g}s (admission.idle_timeout)",
             outcome=Outcome.IDLE_TIMEOUT,
@@ -253,7 +257,7 @@ class CallHomeTransport(transport.SSHClientTransport):
         self.session = session
         self.call.advance(CallState.RUNNING)
         if self.idle_timeout:
-            self._idle_timer = self.handler.clock.callLater(self.idle_timeout, self._idle_timed_out)
+            self.setTimeout(self.idle_timeout)
         self.handler.session_ready(self, session)
 
     def _handshake_timed_out(self) -> None:
@@ -267,10 +271,10 @@ class CallHomeTransport(transport.SSHClientTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Stop timers, report the call, and let conch stop its service."""
-        for timer in (self._handshake_timer, self._idle_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._handshake_timer = self._idle_timer = None
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self.setTimeout(None)
         super().connectionLost(reason)
         if self.call is not None:
             if self.session is not None:
