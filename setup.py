@@ -23,7 +23,8 @@ setup(
         "prometheus_client>=0.17",  # GET /metrics (issue 5)
     ],
     extras_require={
-        "test": ["pytest>=8", "asyncssh>=2.14"],
+        # mypy runs in ./scripts/test: mypy-zope reads Twisted's interfaces as types.
+        "test": ["pytest>=8", "asyncssh>=2.14", "mypy>=1.10", "mypy-zope>=1.0", "types-lxml", "types-PyYAML"],
         "bench": ["asyncssh>=2.14"],
     },
     entry_points={
