@@ -10,7 +10,7 @@ rather than kept up to date on every change.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -132,10 +132,12 @@ class _FunctionCounter(Collector):
         self.documentation = documentation
         self.read: Callable[[], float] = lambda: 0.0
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The counter, read now."""
         family = CounterMetricFamily(self.name, self.documentation)
         family.add_metric([], self.read())
         yield family
 
-    def describe(self):  # type: ignore[no-untyped-def]
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        """The counter's name and help, without reading it."""
         yield CounterMetricFamily(self.name, self.documentation)

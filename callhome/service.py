@@ -19,13 +19,13 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IFileDescriptor, IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.python.failure import Failure
 
@@ -40,6 +40,7 @@ from callhome.control.operations import ControlPlane
 from callhome.call.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.call.manager import Manager
 from callhome.metrics import Metrics
+from callhome.reactor import IServiceReactor
 from callhome.call.registry import Registry
 from callhome.storage.store import Store
 from callhome.workers.supervisor import WorkerPool
@@ -52,11 +53,13 @@ class EndpointListener(Service):
     """
     Listens on one endpoint while running.
 
+    @ivar endpoint: where to listen (L{None} for an L{AdoptedListener}, which
+        accepts on an inherited socket instead).
     @ivar port: the listening port once bound (its C{getHost()} tells the
         address, e.g. for C{tcp:0}).
     """
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint, factory: ServerFactory) -> None:
+    def __init__(self, description: str, endpoint: IStreamServerEndpoint | None, factory: IProtocolFactory) -> None:
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
@@ -65,7 +68,8 @@ class EndpointListener(Service):
     def startService(self) -> None:
         """Bind now; a port that cannot be bound stops start-up with the error."""
         super().startService()
-        result: list[object] = []
+        assert self.endpoint is not None  # only an AdoptedListener has none, and it binds its own way
+        result: list[IListeningPort | Failure] = []
         self.endpoint.listen(self.factory).addBoth(result.append)
         if not result:
             raise RuntimeError(f"listener {self.description} did not bind synchronously")
@@ -73,13 +77,16 @@ class EndpointListener(Service):
         if isinstance(outcome, Failure):
             self.running = False
             outcome.raiseException()
-        self.port = outcome  # type: ignore[assignment]
+        self.port = outcome
 
     def stopService(self) -> defer.Deferred[None] | None:
         """Stop accepting on this endpoint (connections already made stay)."""
         super().stopService()
         port, self.port = self.port, None
-        return defer.maybeDeferred(port.stopListening) if port is not None else None
+        if port is None:
+            return None
+        # maybeDeferred's overloads cannot say "Deferred[T] or T gives Deferred[T]".
+        return cast("defer.Deferred[None]", defer.maybeDeferred(port.stopListening))
 
 
 class AdoptedListener(EndpointListener):
@@ -88,8 +95,8 @@ class AdoptedListener(EndpointListener):
     worker process of ``workers: N``).
     """
 
-    def __init__(self, description: str, fd: int, reactor: Any, factory: ServerFactory) -> None:
-        super().__init__(description, None, factory)  # type: ignore[arg-type]
+    def __init__(self, description: str, fd: int, reactor: IServiceReactor, factory: IProtocolFactory) -> None:
+        super().__init__(description, None, factory)
         self.fd = fd
         self.reactor = reactor
 
@@ -98,7 +105,9 @@ class AdoptedListener(EndpointListener):
         Service.startService(self)
         with socket.socket(fileno=os.dup(self.fd)) as probe:
             family = probe.family
-        self.port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
+        # Any protocol factory will do (a haproxy: listener's is a
+        # WrappingFactory); IReactorSocket's signature says ServerFactory.
+        self.port = self.reactor.adoptStreamPort(self.fd, family, cast(ServerFactory, self.factory))
         os.close(self.fd)
 
 
@@ -124,7 +133,7 @@ class CallHomeService(MultiService):
     log = LevelLogger(namespace="callhome")
 
     def __init__(
-        self, config: Config, reactor: Any, handle_signals: bool = False, worker: WorkerRole | None = None,
+        self, config: Config, reactor: IServiceReactor, handle_signals: bool = False, worker: WorkerRole | None = None,
         chains: Chains | None = None,
     ) -> None:
         super().__init__()
@@ -175,7 +184,7 @@ class CallHomeService(MultiService):
         timer.setServiceParent(self)
 
     def _listener(self, description: str) -> EndpointListener:
-        factory: ServerFactory = self.factory
+        factory: IProtocolFactory = self.factory
         inner = description
         if description.startswith("haproxy:"):
             # Our own PROXY wrapper: admission by the device's address.
@@ -223,7 +232,9 @@ class CallHomeService(MultiService):
 
     def listening_sockets(self) -> dict[str, int]:
         """Each bound call-home listener's socket, for worker processes to inherit."""
-        return {d: l.port.fileno() for d, l in self.listeners.items() if l.port is not None}  # type: ignore[attr-defined]
+        # Every port they bind is a file descriptor (tcp.Port, unix.Port,
+        # adopted): IListeningPort does not say so.
+        return {d: cast(IFileDescriptor, l.port).fileno() for d, l in self.listeners.items() if l.port is not None}
 
     def api_address(self) -> object | None:
         """The API's bound address, if it listens."""
@@ -403,7 +414,14 @@ class CallHomeService(MultiService):
         waiting: defer.Deferred[None] = defer.Deferred()
         finished = defer.DeferredList(running, consumeErrors=True)
         timer = self.reactor.callLater(grace, self._grace_over, waiting, grace)
-        finished.addBoth(lambda _: (timer.cancel() if timer.active() else None, waiting.called or waiting.callback(None)))
+
+        def over(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not waiting.called:
+                waiting.callback(None)
+
+        finished.addBoth(over)
         return waiting
 
     def _grace_over(self, waiting: defer.Deferred[None], grace: float) -> None:

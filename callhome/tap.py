@@ -5,7 +5,7 @@ twistd integration: ``twistd -n callhome -c etc/config.yaml``.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.logger import ILogObserver
 from twisted.python import usage
@@ -13,6 +13,7 @@ from twisted.python import usage
 from callhome import config as config_module
 from callhome.actions.chains import build_chains
 from callhome.logs import json_observer
+from callhome.reactor import IServiceReactor
 from callhome.service import CallHomeService
 from callhome.storage.store import StoreError
 
@@ -50,12 +51,13 @@ class _Service(CallHomeService):
         return super().setServiceParent(parent)
 
 
-def makeService(options: Options, reactor: Any = None) -> CallHomeService:
+def makeService(options: Options, reactor: IServiceReactor | None = None) -> CallHomeService:
     """Build the service from parsed options (signals handled: reload, graceful stop)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        # Its declared type names only some of what it provides.
+        reactor = cast(IServiceReactor, global_reactor)
     parsed = options.get("parsed") or config_module.load(options["config"])
     try:
         return _Service(parsed, reactor, handle_signals=True, chains=options.get("chains"))

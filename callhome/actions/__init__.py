@@ -29,7 +29,7 @@ from callhome.logs import LevelLogger
 
 # Plugin modules dropped into any callhome/actions/ directory on sys.path
 # (without an __init__.py) become part of this package for getPlugins().
-__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]
+__path__.extend(pluginPackagePaths(__name__))
 __all__: list[str] = []
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +98,7 @@ class IAction(Interface):
 
     name = Attribute("the action's name, as chains write it")
 
-    def __call__(context: ActionContext) -> ActionResult:  # type: ignore[misc,empty-body]
+    def __call__(context: ActionContext) -> ActionResult:
         """Do the step's work for one session: return a value, a Deferred or a coroutine."""
 
 
@@ -110,7 +110,7 @@ class IActionFactory(Interface):
 
     name = Attribute("the action's name, as chains write it")
 
-    def build(**params: Any) -> IAction:  # type: ignore[misc,empty-body]
+    def build(**params: Any) -> IAction:
         """Build the action; raise L{ActionConfigError} for bad parameters."""
 
 
@@ -152,7 +152,7 @@ def build_action(name: str, params: dict[str, Any]) -> Action:
     factory = builtin_actions().get(name)
     if factory is not None:
         check_parameters(factory, params)
-        return factory(**params)  # type: ignore[no-any-return]
+        return factory(**params)
     plugin = plugins.discovered().get(name)
     if plugin is not None:
         return plugins.build_from_plugin(plugin, params)

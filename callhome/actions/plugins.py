@@ -136,7 +136,7 @@ def build_from_reference(reference: str, params: dict[str, Any]) -> Any:
         check_parameters(target, params)
         action = target(**params)
         if not getattr(action, "name", None):
-            action.name = reference  # type: ignore[attr-defined]
+            action.name = reference  # type: ignore[attr-defined]  # a plugin class of any type; its instance gets a name
         return action
     if callable(target):
         check_parameters(target, params, skip=1)

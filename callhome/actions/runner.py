@@ -95,8 +95,7 @@ def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime
             if context.step_done is not None:
                 context.step_done(outcome)
 
-        d.addBoth(record)
-        return d
+        return d.addBoth(record)
 
     chain: defer.Deferred[Any] = defer.succeed(None)
     for index, step in enumerate(steps):

@@ -9,16 +9,17 @@ all work through ``serverFromString``.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 # HAProxyProtocolWrapper is not exported by twisted.protocols.haproxy; its
 # public wrapper (the haproxy: endpoint) builds the call at accept time,
 # before the PROXY header names the device (docs/DESIGN.md).  We reuse only
 # its header parser, driven by hand.
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
 from callhome.call.manager import Manager
 
@@ -36,7 +37,7 @@ class CallHomeFactory(ServerFactory):
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
         A new call: we are the SSH client on it (RFC 8071 §3.1 C1-C3).
         A call admission refuses gets a protocol that hangs up at once (not
@@ -54,6 +55,8 @@ class Refused(Protocol):
     """A connection admission control refused: closed as soon as it is made."""
 
     def connectionMade(self) -> None:
+        """Hang up at once."""
+        assert self.transport is not None
         self.transport.loseConnection()
 
 
@@ -81,7 +84,9 @@ class ProxiedCall(ProtocolWrapper):
 
     def __init__(self, factory: "ProxiedCallFactory") -> None:
         super().__init__(factory, Protocol())
-        self._proxy = HAProxyProtocolWrapper(factory, self.wrappedProtocol)
+        # The parser is driven by hand and never registers with a factory:
+        # sharing ours is safe, though it is no WrappingFactory of parsers.
+        self._proxy = HAProxyProtocolWrapper(cast("WrappingFactory[HAProxyProtocolWrapper]", factory), self.wrappedProtocol)
         self._admitted = False
         self._header_timer: Any = None
 
@@ -113,6 +118,7 @@ class ProxiedCall(ProtocolWrapper):
         source = header_parser.getPeer()
         manager = self.factory.manager
         if not manager.admit(getattr(source, "host", str(source))):
+            assert self.transport is not None  # set by makeConnection
             self.transport.loseConnection()
             return
         self._admitted = True
@@ -131,7 +137,7 @@ class ProxiedCall(ProtocolWrapper):
         """Our address as the device reached it, from the PROXY header."""
         return self._proxy.getHost()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Pass the end on to the call, if one was built."""
         if self._header_timer is not None and self._header_timer.active():
             self._header_timer.cancel()
@@ -151,16 +157,16 @@ class _Capture(Protocol):
         self.into.append(data)
 
 
-class ProxiedCallFactory(WrappingFactory):
+class ProxiedCallFactory(WrappingFactory[ProxiedCall]):
     """The factory for ``haproxy:`` listeners: L{ProxiedCall} per connection."""
 
-    protocol = ProxiedCall  # type: ignore[assignment]
+    protocol = ProxiedCall
     noisy = False
 
     def __init__(self, manager: Manager) -> None:
         super().__init__(CallHomeFactory(manager))
         self.manager = manager
 
-    def buildProtocol(self, addr: IAddress) -> ProxiedCall:
+    def buildProtocol(self, addr: IAddress | None) -> ProxiedCall:
         """Accept now; admission waits for the PROXY header."""
         return ProxiedCall(self)

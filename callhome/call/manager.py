@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from callhome import algorithms
 from callhome.actions import ActionContext
@@ -432,7 +433,7 @@ class Manager:
         # Last: a graceful stop waiting here writes the store next.
         self._maybe_drained()
 
-    def close_all(self, reason: str = "service stopping") -> defer.Deferred[object]:
+    def close_all(self, reason: str = "service stopping") -> defer.Deferred[list[tuple[bool, Any]]]:
         """Close every open session politely (close-session); fires when all are gone."""
         return defer.DeferredList([self.disconnect(call, reason) for call in list(self.active)], consumeErrors=True)
 
@@ -442,8 +443,18 @@ class Manager:
             return defer.succeed(None)
         waiting: defer.Deferred[None] = defer.Deferred()
         self._drain_waiters.append(waiting)
-        timer = self.clock.callLater(timeout, lambda: waiting.called or waiting.callback(None))
-        waiting.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
+        def timed_out() -> None:
+            if not waiting.called:
+                waiting.callback(None)
+
+        def stop_timer(result: Failure | None) -> Failure | None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        timer = self.clock.callLater(timeout, timed_out)
+        waiting.addBoth(stop_timer)
         return waiting
 
     def _maybe_drained(self) -> None:

@@ -259,7 +259,8 @@ class _Reader:
         mode_node = first("mode")
         mode = mode_node.text() if mode_node is not None else "periodic"
         if mode not in ("periodic", "persistent"):
-            raise mode_node.error("must be periodic or persistent")  # type: ignore[union-attr]
+            assert mode_node is not None  # the default is valid
+            raise mode_node.error("must be periodic or persistent")
         notification_node = first("on_notification")
         on_notification = None
         if notification_node is not None:

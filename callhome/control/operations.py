@@ -272,7 +272,7 @@ class ControlPlane:
         d = call.session.rpc(root)
 
         def failed(failure: Failure) -> XmlAnswer:
-            if failure.check(xml.RPCError) and failure.value.reply is not None:
+            if isinstance(failure.value, xml.RPCError) and failure.value.reply is not None:
                 return XmlAnswer(failure.value.reply, "rpc-error")
             raise _rpc_failure(failure)
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from lxml import etree
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from callhome.logs import LevelLogger
@@ -167,6 +167,7 @@ class NetconfSession(Protocol):
         capabilities = list(self.CLIENT_CAPABILITIES)
         if self.offer_base_1_1:
             capabilities.append(xml.BASE_1_1)
+        assert self.transport is not None  # set by makeConnection
         self.transport.write(EndOfMessageFramer.encode(operations.hello(capabilities)))
         self._hello_timer = self.clock.callLater(self.hello_timeout, self._hello_timed_out)
 
@@ -206,13 +207,13 @@ class NetconfSession(Protocol):
                     # Whatever followed the hello goes to the framer now in
                     # use: the chunked one, or the same one continuing.
                     if self._framer is not hello_framer:
-                        self._receive(hello_framer.take_remaining())  # type: ignore[union-attr]
+                        self._receive(hello_framer.take_remaining())
                     else:
                         self._receive(b"")
                 return
             self._handle(message)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Fail every pending RPC and report the session closed."""
         self._connected = False
         if self._hello_timer is not None and self._hello_timer.active():
@@ -334,6 +335,7 @@ class NetconfSession(Protocol):
 
     def _send(self, message: bytes) -> None:
         framer = ChunkedFramer if self._chunked else EndOfMessageFramer
+        assert self.transport is not None  # set by makeConnection
         self.transport.write(framer.encode(message))
 
     def _hello_timed_out(self) -> None:

@@ -13,8 +13,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lxml import etree
+
+if TYPE_CHECKING:  # pragma: no cover
+    # Names types-lxml has (they are not lxml's at run time): what a resolver
+    # returns, and the protocol of a parser target.
+    from lxml.etree import ParserTarget
+    from lxml.etree._docloader import _InputDocument
+
+    _TargetBase = ParserTarget[None]
+else:
+    _TargetBase = object
 
 NETCONF_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 NOTIFICATION_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
@@ -33,7 +44,8 @@ class XMLRejected(Exception):
 class _RefuseExternal(etree.Resolver):
     """Resolve every external reference to nothing: no file is ever opened."""
 
-    def resolve(self, url, pubid, context):  # type: ignore[no-untyped-def]
+    def resolve(self, url: str | None, pubid: str | None, context: object) -> _InputDocument:
+        """Every URL resolves to an empty document."""
         return self.resolve_string("", context)
 
 
@@ -106,7 +118,7 @@ def has_rpc_error(data: bytes) -> bool:
 _RPC_ERROR = "{%s}rpc-error" % NETCONF_NS
 
 
-class _NoTree:
+class _NoTree(_TargetBase):
     """A parser target with no per-element methods: libxml2 checks, nothing is built."""
 
     def close(self) -> None:

@@ -16,13 +16,14 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from twisted.conch.ssh import keys
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint
 
 from callhome import fingerprints
+from callhome.reactor import IServiceReactor
 from callhome.simulator.netconf_server import DEFAULT_DATASTORE, Datastore
 from callhome.simulator.ssh_server import DeviceSSHFactory, load_or_create_host_key
 
@@ -82,7 +83,7 @@ def devices_yaml(paths: list[Path], loaded: list[keys.Key], prefix: str = "sim")
 class Caller:
     """Makes the calls and counts how they went."""
 
-    def __init__(self, reactor: Any, args: argparse.Namespace, factories: list[DeviceSSHFactory]) -> None:
+    def __init__(self, reactor: IServiceReactor, args: argparse.Namespace, factories: list[DeviceSSHFactory]) -> None:
         self.reactor = reactor
         self.args = args
         self.factories = factories
@@ -195,17 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    caller = Caller(reactor, args, factories)
+    # The global reactor's declared type names only some of what it provides.
+    caller = Caller(cast(IServiceReactor, reactor), args, factories)
     result: list[int] = []
 
     def finish(_: object) -> None:
         print(f"callhome-device: {caller.ok} calls served, {caller.failed} failed, {caller.retried} retries", flush=True)
         result.append(0 if caller.failed == 0 else 1)
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:
+            reactor.stop()
 
-    reactor.callWhenRunning(lambda: caller.run().addBoth(finish))  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: caller.run().addBoth(finish))
+    reactor.run()
     return result[0] if result else 1
 
 

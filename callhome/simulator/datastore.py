@@ -79,8 +79,8 @@ class Datastore:
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+            clock = reactor
+        self.clock: IReactorTime = clock
         self.modules = load_modules() if modules is None else list(modules)
         self.datastores: dict[str, list[etree._Element]] = {
             "running": list(elements), "candidate": _copy_all(elements), "startup": _copy_all(elements),

@@ -23,6 +23,7 @@ from callhome.simulator.xmltree import (
     _local,
     _q,
     _serialise,
+    _tag,
     _text,
 )
 
@@ -31,13 +32,13 @@ EDIT_OPERATIONS = ("merge", "replace", "create", "delete", "remove")
 
 def _find(parent: etree._Element, config: etree._Element) -> etree._Element | None:
     """The data node a configuration node addresses: same name, same key."""
-    same = [c for c in parent.iterchildren(config.tag)]
+    same = [c for c in parent.iterchildren(_tag(config))]
     if not same:
         return None
     key = _key(config)
     if key is not None:
         for candidate in same:
-            existing = candidate.find(key.tag)
+            existing = candidate.find(_tag(key))
             if existing is not None and _text(existing) == _text(key):
                 return candidate
         return None
@@ -185,7 +186,7 @@ def _top_level_changes(old: Sequence[etree._Element], new: Sequence[etree._Eleme
     """Top-level create / delete / replace edits between two contents."""
 
     def identity(element: etree._Element) -> tuple[str, str]:
-        return element.tag, _text(_key(element))
+        return _tag(element), _text(_key(element))
 
     before = {identity(e): e for e in old}
     after = {identity(e): e for e in new}

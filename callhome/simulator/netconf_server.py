@@ -78,7 +78,7 @@ from callhome.simulator.filters import _xpath_namespaces, apply_filter, subtree_
 from callhome.simulator.operations import _OPERATIONS, SessionOperations
 from callhome.simulator.subscriptions import SessionNotifications, Subscription
 from callhome.simulator.times import format_time, parse_time
-from callhome.simulator.xmltree import _elements, _local, _q
+from callhome.simulator.xmltree import _elements, _local, _q, _tag
 from callhome.simulator.yang import YANG_DIRECTORY, YangModule, load_module, load_modules
 
 __all__ = [
@@ -218,6 +218,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
         self.login_time = self.datastore.clock.seconds()
         self.source_host = _peer_host(self.transport)
         self.username = _avatar_username(self.transport) or self.username
+        assert self.transport is not None  # set by makeConnection
         self.transport.write(EndOfMessageFramer.encode(ops.hello(self.capabilities, self.session_id)))
         self.datastore.session_started(self)
 
@@ -242,12 +243,16 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Frame and answer the manager's messages."""
         try:
+            framer = self._framer
             if not self._hello_done:
-                messages = self._framer.feed(data, max_messages=1)  # type: ignore[call-arg]
+                # Until the hello, framing is base:1.0 (RFC 6242 §4.1).
+                assert isinstance(framer, EndOfMessageFramer)
+                messages = framer.feed(data, max_messages=1)
             else:
-                messages = self._framer.feed(data)
+                messages = framer.feed(data)
         except FramingError as e:
             self.log.warn("framing error from manager: {error}", error=e)
+            assert self.transport is not None
             self.transport.loseConnection()
             return
         for message in messages:
@@ -264,6 +269,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
             return xml.parse_message(message)
         except xml.XMLRejected as e:
             self.log.warn("bad message from manager: {error}", error=e)
+            assert self.transport is not None
             self.transport.loseConnection()
             return None
 
@@ -276,9 +282,10 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
         capabilities = {(c.text or "").strip() for c in hello.iter(xml.qname("capability"))}
         self._hello_done = True
         old = self._framer
+        assert isinstance(old, EndOfMessageFramer)  # the hello's framing is base:1.0
         if self.offer_base_1_1 and xml.BASE_1_1 in capabilities:
             self._framer = ChunkedFramer()
-        rest = old.take_remaining()  # type: ignore[union-attr]
+        rest = old.take_remaining()
         if rest or self._framer is not old:
             self.dataReceived(rest)
 
@@ -289,6 +296,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
 
     def _send(self, message: bytes) -> None:
         framer = ChunkedFramer if self.chunked else EndOfMessageFramer
+        assert self.transport is not None
         self.transport.write(framer.encode(message))
 
     # --- rpcs ------------------------------------------------------------------------------
@@ -322,7 +330,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
             if not operations:
                 raise RpcError("operation-not-supported", "operation (none) is not supported")
             operation = operations[0]
-            known = _OPERATIONS.get(operation.tag)
+            known = _OPERATIONS.get(_tag(operation))
             if known is None:
                 raise RpcError("operation-not-supported", f"operation {_local(operation)} is not supported")
             method, parameters = known
@@ -368,6 +376,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
         self.counters["in-bad-rpcs"] += 1
         self.datastore.statistics["in-bad-rpcs"] += 1
         if not self.chunked:
+            assert self.transport is not None
             self.transport.loseConnection()
             return
         reply = etree.Element(_q("rpc-reply"), nsmap={None: NETCONF_NS})

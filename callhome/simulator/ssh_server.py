@@ -84,7 +84,8 @@ class NetconfRealm:
         self.offer_base_1_1 = offer_base_1_1
         self.netconf_protocol = netconf_protocol
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, NetconfUser, Any]:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any) -> tuple[Any, NetconfUser, Any]:
+        """A L{NetconfUser} for whoever logged in."""
         user = NetconfUser(self.datastore, self.offer_base_1_1, self.netconf_protocol)
         return interfaces[0], user, lambda: None
 

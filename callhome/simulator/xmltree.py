@@ -7,7 +7,7 @@ instance-identifiers (for ``error-path`` and RFC 6470 edit targets).
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 from lxml import etree
 
@@ -25,6 +25,11 @@ _KNOWN_PREFIXES = {
 
 def _q(tag: str, namespace: str = NETCONF_NS) -> str:
     return "{%s}%s" % (namespace, tag)
+
+
+def _tag(element: etree._Element) -> str:
+    """An element's tag: a string as the parser made it (nothing here sets one to bytes or a QName)."""
+    return cast(str, element.tag)
 
 
 def _elements(parent: etree._Element) -> list[etree._Element]:
@@ -127,7 +132,7 @@ def _instance_identifier(chain: Sequence[etree._Element]) -> tuple[str, dict[str
         step = p + _local(node)
         key = _key(node)
         if key is not None and key is not node:
-            value = key.text.strip()  # type: ignore[union-attr]
+            value = (key.text or "").strip()
             quote = "'" if "'" not in value else '"'
             step += f"[{p}name={quote}{value}{quote}]"
         steps.append(step)

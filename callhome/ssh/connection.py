@@ -6,7 +6,7 @@ runs the ``netconf`` subsystem (RFC 6242 §3) and carries a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 from twisted.conch.ssh import channel, common, connection
 from twisted.internet.error import ConnectionDone
@@ -18,6 +18,8 @@ from callhome.netconf.session import NetconfSession
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from twisted.conch.interfaces import IConchUser
+
     from callhome.config import NetconfSettings
 
 
@@ -45,6 +47,16 @@ class CallSide(Protocol):
 
     def stop_keepalive(self) -> None:
         """The call ended: no more keepalives."""
+
+
+class ChannelOptions(TypedDict, total=False):
+    """The arguments of conch's C{SSHChannel} a L{NetconfChannel} passes on (it sets the window itself)."""
+
+    remoteWindow: int
+    remoteMaxPacket: int
+    conn: connection.SSHConnection | None
+    data: bytes | None
+    avatar: "IConchUser | None"
 
 
 class CallHomeConnection(connection.SSHConnection):
@@ -91,8 +103,8 @@ class NetconfChannel(channel.SSHChannel):
     #: waiting for a window adjust every 128 KiB.
     WINDOW = 2 * 1024 * 1024
 
-    def __init__(self, call_transport: CallSide, settings: "NetconfSettings", **kwargs: object) -> None:
-        super().__init__(localWindow=self.WINDOW, localMaxPacket=32768, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, call_transport: CallSide, settings: "NetconfSettings", **kwargs: Unpack[ChannelOptions]) -> None:
+        super().__init__(localWindow=self.WINDOW, localMaxPacket=32768, **kwargs)
         self.call_transport = call_transport
         self.settings = settings
         self.session: NetconfSession | None = None
@@ -102,6 +114,7 @@ class NetconfChannel(channel.SSHChannel):
 
     def channelOpen(self, specificData: bytes) -> None:
         """Ask for the netconf subsystem."""
+        assert self.conn is not None  # the connection opened this channel
         d = self.conn.sendRequest(self, b"subsystem", common.NS(b"netconf"), wantReply=True)
         d.addCallbacks(self._subsystem_started, self._subsystem_refused)
 
@@ -122,7 +135,7 @@ class NetconfChannel(channel.SSHChannel):
             label=device.name if device else self.call_transport.call.peer,
         )
         self.session.hello_received.addCallbacks(
-            lambda hello: self.call_transport.netconf_started(self.session),  # type: ignore[arg-type]
+            lambda hello: self.call_transport.netconf_started(self.session),
             lambda failure: None,  # the session's close reason says why
         )
         self.session.makeConnection(self)

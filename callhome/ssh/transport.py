@@ -95,6 +95,7 @@ class CallHomeTransport(TimeoutMixin, transport.SSHClientTransport):
 
     def connectionMade(self) -> None:
         """Start the call: version, KEXINIT, and the handshake deadline."""
+        assert self.transport is not None  # set by makeConnection
         peer = self.transport.getPeer()
         host = getattr(peer, "host", str(peer))
         port = getattr(peer, "port", None)
@@ -237,7 +238,7 @@ class CallHomeTransport(TimeoutMixin, transport.SSHClientTransport):
             self.keepalive.stop()
 
     @property
-    def callLater(self) -> Any:  # type: ignore[override]  # TimeoutMixin's hook, a method there
+    def callLater(self) -> Any:  # TimeoutMixin's hook, a method there
         """TimeoutMixin's clock: the handler's, not the global reactor."""
         return self.handler.clock.callLater
 

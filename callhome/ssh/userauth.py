@@ -11,14 +11,35 @@ conch's own ``SSHUserAuthClient`` does none of these (docs/DESIGN.md).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.conch.ssh import common, keys, service, transport, userauth
+from twisted.conch.ssh.service import SSHService
 
 from callhome.logs import conch_logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Credentials
+
+
+class AuthSide(Protocol):
+    """
+    What userauth needs of the call's transport
+    (L{callhome.ssh.transport.CallHomeTransport}), named here so this
+    module does not import the transport that imports it.
+    """
+
+    sessionID: bytes | None
+    peerExtensions: dict[bytes, bytes]
+
+    def fail(self, reason: str, code: int = ...) -> None:
+        """End the call now with C{reason}, disconnecting with C{code}."""
+
+    def setService(self, service: SSHService) -> None:
+        """Start the next service (the connection, once authenticated)."""
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        """Send one SSH packet."""
 
 
 class CallHomeUserAuth(service.SSHService):
@@ -51,20 +72,26 @@ class CallHomeUserAuth(service.SSHService):
         self._tried: list[str] = []
         self._interactive_rounds = 0
 
+    @property
+    def _call_transport(self) -> AuthSide:
+        """The call's transport: conch sets it before it starts this service."""
+        assert self.transport is not None
+        return cast(AuthSide, self.transport)
+
     def serviceStarted(self) -> None:
         """Try the first method without probing."""
         self._next_attempt(allowed=None)
 
     def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> None:
         """Authenticated: start the connection service."""
-        self.transport.setService(self.instance)
+        self._call_transport.setService(self.instance)
 
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> None:
         """That attempt failed: move to the next one the device allows."""
         try:
             methods, rest = common.getNS(packet)
         except Exception:  # struct.error on a truncated packet
-            self.transport.fail("malformed authentication failure message", transport.DISCONNECT_PROTOCOL_ERROR)
+            self._call_transport.fail("malformed authentication failure message", transport.DISCONNECT_PROTOCOL_ERROR)
             return
         allowed = set(methods.decode("ascii", "replace").split(",")) if methods else set()
         self._next_attempt(allowed)
@@ -81,7 +108,7 @@ class CallHomeUserAuth(service.SSHService):
         if method == "keyboard-interactive":
             self._answer_prompts(packet)
         elif method == "password":
-            self.transport.fail(
+            self._call_transport.fail(
                 "authentication failed: the device wants a new password (password expired)",
                 transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
             )
@@ -97,13 +124,13 @@ class CallHomeUserAuth(service.SSHService):
             return
         offered = ",".join(sorted(allowed)) if allowed else "nothing"
         tried = ", ".join(self._tried) or "nothing (no method in common)"
-        self.transport.fail(
+        self._call_transport.fail(
             f"authentication failed: tried {tried}; device allows {offered}",
             transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
         )
 
     def _request(self, method: bytes, extra: bytes) -> None:
-        self.transport.sendPacket(
+        self._call_transport.sendPacket(
             userauth.MSG_USERAUTH_REQUEST,
             common.NS(self.user) + common.NS(self.instance.name) + common.NS(method) + extra,
         )
@@ -112,8 +139,10 @@ class CallHomeUserAuth(service.SSHService):
         assert key is not None
         algorithm = self._signature_algorithm(key)
         blob = key.public().blob()
+        session_id = self._call_transport.sessionID
+        assert session_id is not None  # set by the key exchange, before any service starts
         signed = (
-            common.NS(self.transport.sessionID)
+            common.NS(session_id)
             + bytes((userauth.MSG_USERAUTH_REQUEST,))
             + common.NS(self.user)
             + common.NS(self.instance.name)
@@ -129,7 +158,7 @@ class CallHomeUserAuth(service.SSHService):
         """RSA: the best rsa-sha2 the device accepts (RFC 8332/8308)."""
         if key.type() != "RSA":
             return key.sshType()
-        accepted = self.transport.peerExtensions.get(b"server-sig-algs")
+        accepted = self._call_transport.peerExtensions.get(b"server-sig-algs")
         if accepted is None:
             # No RFC 8308 advertisement: rsa-sha2-256 is what every OpenSSH
             # since 7.2 accepts, and SHA-1 is refused by 8.8 and later.
@@ -152,7 +181,7 @@ class CallHomeUserAuth(service.SSHService):
         """Answer every prompt with the password, a bounded number of times."""
         self._interactive_rounds += 1
         if self._interactive_rounds > self.MAX_INTERACTIVE_ROUNDS:
-            self.transport.fail(
+            self._call_transport.fail(
                 f"authentication failed: keyboard-interactive asked more than "
                 f"{self.MAX_INTERACTIVE_ROUNDS} rounds of questions",
                 transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
@@ -162,12 +191,12 @@ class CallHomeUserAuth(service.SSHService):
             _name, _instruction, _lang, data = common.getNS(packet, 3)
             (count,) = struct.unpack("!L", data[:4])
         except (struct.error, IndexError, ValueError):
-            self.transport.fail("malformed keyboard-interactive request", transport.DISCONNECT_PROTOCOL_ERROR)
+            self._call_transport.fail("malformed keyboard-interactive request", transport.DISCONNECT_PROTOCOL_ERROR)
             return
         if count > 16:
-            self.transport.fail("keyboard-interactive request with too many prompts", transport.DISCONNECT_PROTOCOL_ERROR)
+            self._call_transport.fail("keyboard-interactive request with too many prompts", transport.DISCONNECT_PROTOCOL_ERROR)
             return
         answer = common.NS((self.credentials.password or "").encode("utf-8"))
-        self.transport.sendPacket(
+        self._call_transport.sendPacket(
             userauth.MSG_USERAUTH_INFO_RESPONSE, struct.pack("!L", count) + answer * count
         )

@@ -36,6 +36,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from callhome.logs import LevelLogger
+from callhome.reactor import IServiceReactor
 
 #: ordered schema migrations: (version, statements).  Never edit a released
 #: entry; append a new one.
@@ -159,10 +160,10 @@ class Store:
 
     log = LevelLogger(namespace="callhome.storage.store")
 
-    def __init__(self, path: str | os.PathLike[str], reactor: Any, flush_interval: float = 0.5, clock: IReactorTime | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], reactor: IServiceReactor, flush_interval: float = 0.5, clock: IReactorTime | None = None) -> None:
         self.path = Path(path)
         self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
         self.flush_interval = flush_interval
         self.pending: list[tuple[str, Sequence[Any] | dict[str, Any]]] = []
         self._timer: Any = None

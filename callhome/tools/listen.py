@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lxml import etree
 from twisted.conch.ssh import keys
@@ -33,6 +33,7 @@ from callhome.actions.chains import Step
 from callhome.config import Config, Credentials, Device, NetconfSettings, Profile, SSHSettings
 from callhome.netconf import operations as ops
 from callhome.netconf import xml
+from callhome.reactor import IServiceReactor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,12 +151,13 @@ def build_config(args: argparse.Namespace, state_dir: Path) -> Config:
     )
 
 
-def run(args: argparse.Namespace, reactor: Any = None) -> int:
+def run(args: argparse.Namespace, reactor: IServiceReactor | None = None) -> int:
     """Wait for the call, print the reply; return the exit status."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        # Its declared type names only some of what it provides.
+        reactor = cast(IServiceReactor, global_reactor)
     from callhome.service import CallHomeService
 
     step = PrintReply(operation_from(args))
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace, reactor: Any = None) -> int:
                 outcome.append(call.call)
                 reactor.callLater(0, reactor.stop)
 
-        service.manager.call_ended = ended  # type: ignore[method-assign]
+        service.manager.call_ended = ended  # type: ignore[method-assign]  # the one-shot tool stops at the first call
 
         def timed_out() -> None:
             if not outcome:

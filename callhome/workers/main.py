@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 from callhome import config as config_module
 from callhome.call import record
+from callhome.reactor import IServiceReactor
 from callhome.service import CallHomeService, WorkerRole
 from callhome.workers.link import WorkerLink
 
@@ -26,9 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
+    from twisted.internet.base import ReactorBase
     from twisted.internet.stdio import StandardIO
-    from twisted.logger import LogLevel, globalLogBeginner
+    from twisted.logger import ILogObserver, LogLevel, globalLogBeginner
 
+    # The global reactor's declared type names only some of what it provides.
+    service_reactor = cast(IServiceReactor, reactor)
     record.set_worker(args.index)
     config = config_module.load(args.config)
     inherited = {}
@@ -38,11 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     stopping: list[bool] = []
 
     def stop() -> None:
-        if not stopping and reactor.running:  # type: ignore[attr-defined]
+        if not stopping and reactor.running:
             stopping.append(True)
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
-    service = CallHomeService(config, reactor, worker=WorkerRole(args.index, inherited))
+    service = CallHomeService(config, service_reactor, worker=WorkerRole(args.index, inherited))
     link = WorkerLink(service.manager, service.control, service.reload_logged, stop)
     service.before_save = link.report
 
@@ -51,15 +55,17 @@ def main(argv: list[str] | None = None) -> None:
         if level is not None and level >= LogLevel.info:
             link.forward_log(event)
 
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+    # Any callable taking an event is an observer; ILogObserver cannot say so of a function.
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False, discardBuffer=True)
     StandardIO(link.channel, reactor=reactor)
     service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     # A stop signal (systemd signals every process of the unit) stops
     # gracefully, once, like the main process's stop notice; reloads are
     # the main process's to order.
-    signal.signal(signal.SIGTERM, lambda number, frame: reactor.callFromThread(stop))  # type: ignore[attr-defined]
-    signal.signal(signal.SIGINT, lambda number, frame: reactor.callFromThread(stop))  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, lambda number, frame: service_reactor.callFromThread(stop))
+    signal.signal(signal.SIGINT, lambda number, frame: service_reactor.callFromThread(stop))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     link.channel.notify("ready", pid=os.getpid())
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    # Every reactor Twisted ships is a ReactorBase; IReactorCore.run takes no arguments.
+    cast(ReactorBase, reactor).run(installSignalHandlers=False)

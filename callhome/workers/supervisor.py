@@ -13,16 +13,18 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.endpoints import ProcessEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.logger import eventFromJSON
 from twisted.python.failure import Failure
 
 from callhome.control.wire import decode_answer
 from callhome.logs import LevelLogger
+from callhome.reactor import IServiceReactor
 from callhome.workers.channel import Channel, RemoteError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +36,12 @@ RESPAWN_DELAY = 1.0
 RESPAWN_DELAY_MAX = 30.0
 #: a worker that ran this long before dying is restarted at once (not backed off).
 STABLE_AFTER = 10.0
+
+
+def _cancel_timer(_: object, timer: IDelayedCall) -> None:
+    """A worker ended: its kill timer is not needed any more."""
+    if timer.active():
+        timer.cancel()
 
 
 def _field(flattened_key: str) -> str:
@@ -67,7 +75,7 @@ class WorkerPool(Service):
 
     log = LevelLogger(namespace="callhome.workers")
 
-    def __init__(self, reactor: Any, manager: "Manager", count: int, sockets: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, reactor: IServiceReactor, manager: "Manager", count: int, sockets: Callable[[], dict[str, int]]) -> None:
         self.reactor = reactor
         self.manager = manager
         self.count = count
@@ -278,7 +286,7 @@ class WorkerPool(Service):
             if worker.channel is not None:
                 worker.channel.notify("stop")
             timer = self.reactor.callLater(limit, self._kill, worker)
-            worker.ended.addBoth(lambda _, timer=timer: timer.cancel() if timer.active() else None)
+            worker.ended.addBoth(_cancel_timer, timer)
         self._stopped = defer.DeferredList([w.ended for w in workers], consumeErrors=True).addCallback(lambda _: None)
         return self._stopped
 
@@ -286,7 +294,8 @@ class WorkerPool(Service):
         if not worker.ended.called and worker.channel is not None and worker.channel.transport is not None:
             self.log.error("worker {index} (pid {pid}) did not stop: killing it", index=worker.index, pid=worker.pid)
             try:
-                worker.channel.transport.signalProcess("KILL")  # type: ignore[attr-defined]
+                # The channel's transport is the process ProcessEndpoint spawned.
+                cast(IProcessTransport, worker.channel.transport).signalProcess("KILL")
             except error.ProcessExitedAlready:
                 pass
 
