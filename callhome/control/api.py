@@ -17,7 +17,6 @@ them and is served at ``/openapi.json`` and ``/openapi.yaml``.
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 from importlib import resources
@@ -29,16 +28,14 @@ from twisted.internet import defer
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from callhome.control import errors
+from callhome.control.http import MAX_BODY, GuardedSite, PerClientLimit, token_matches
 from callhome.control.operations import WHOLE_NUMBER, ControlPlane
 from callhome.control.results import ResultFile, XmlAnswer
 from callhome.logs import LevelLogger
 from callhome.metrics import CONTENT_TYPE_LATEST
-
-#: request bodies larger than this are refused (an RPC, an approval).
-MAX_BODY = 16 * 1024 * 1024
 
 LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
@@ -140,10 +137,7 @@ class ManagementApi(Resource):
         token = self.token
         if token is None:
             return
-        given = request.getHeader("authorization") or ""
-        scheme, _, value = given.partition(" ")
-        value = value.strip()
-        if scheme.lower() != "bearer" or not value or not hmac.compare_digest(value.encode(), token.encode()):
+        if not token_matches(request.getHeader("authorization"), token):
             raise ApiError(401, "a valid bearer token is required (Authorization: Bearer ...)", {"WWW-Authenticate": 'Bearer realm="callhome"'})
 
     def _respond(self, body: Any, request: Request) -> None:
@@ -190,9 +184,9 @@ class ManagementApi(Resource):
     def _fail(self, failure: Failure, request: Request) -> None:
         if _done(request):
             return
-        if failure.check(ApiError):
+        if isinstance(failure.value, ApiError):
             error = failure.value
-        elif failure.check(errors.ControlError):
+        elif isinstance(failure.value, errors.ControlError):
             refusal = failure.value
             if isinstance(refusal, errors.InternalError):
                 self.log.error("API request {method} {path} failed: {error}", method=request.method, path=request.path, error=refusal.message)
@@ -223,6 +217,7 @@ class ManagementApi(Resource):
 
     def _body(self, request: Request) -> bytes:
         content = request.content
+        assert content is not None  # the body's buffer, made before the request is processed
         content.seek(0, 2)
         if content.tell() > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
@@ -350,9 +345,9 @@ def openapi_document() -> dict[str, Any]:
     return _OPENAPI
 
 
-def api_site(control: ControlPlane, token: str | None) -> Site:
-    """The HTTP site serving the API over C{control}."""
-    site = Site(ManagementApi(control, token))
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+def api_site(control: ControlPlane, token: str | None) -> PerClientLimit:
+    """
+    The HTTP factory serving the API over C{control}: limits before the body
+    (L{callhome.control.http}), then the routes.
+    """
+    return PerClientLimit(GuardedSite(ManagementApi(control, token), token))
