@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         # mypy runs in ./scripts/test: mypy-zope reads Twisted's interfaces as types.
-        "test": ["pytest>=8", "asyncssh>=2.14", "mypy>=1.10", "mypy-zope>=1.0", "types-lxml", "types-PyYAML"],
+        "test": ["pytest>=8", "asyncssh>=2.14", "mypy>=1.10", "mypy-zope>=1.0", "types-lxml", "types-PyYAML", "hypothesis>=6"],
         "bench": ["asyncssh>=2.14"],
     },
     entry_points={

@@ -22,8 +22,11 @@ class Node:
         return ConfigError(self.path, problem)
 
     def child_path(self, key: str | int) -> str:
+        """The key path of a child: C{a.b}, C{a[0]}, or C{a['']} for a key that would not show."""
         if isinstance(key, int):
             return f"{self.path}[{key}]"
+        if not key.strip():
+            return f"{self.path}[{key!r}]"
         return f"{self.path}.{key}" if self.path else key
 
     def mapping(self, allowed: tuple[str, ...]) -> dict[str, "Node"]:
