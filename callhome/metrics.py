@@ -45,6 +45,12 @@ class Metrics:
         )
         self._bytes = _FunctionCounter("callhome_bytes_received", "Bytes received from devices (SSH wire bytes)")
         r.register(self._bytes)
+        self._store_failures = _FunctionCounter(
+            "callhome_store_write_failures", "Database write batches that failed (kept queued and retried)")
+        self._store_dropped = _FunctionCounter(
+            "callhome_store_records_dropped", "Queued database records dropped because the queue was full")
+        r.register(self._store_failures)
+        r.register(self._store_dropped)
         self.chain_steps = Counter("callhome_chain_steps", "Chain steps run, by action and outcome", ["action", "outcome"], registry=r)
         self.notifications = Counter("callhome_notifications_received", "NETCONF notifications received", registry=r)
         self.results_saved = Counter("callhome_results_saved", "Result files written", registry=r)
@@ -67,6 +73,11 @@ class Metrics:
         self.sessions.set_function(sessions)
         self.devices.set_function(devices)
         self.quarantined.set_function(quarantined)
+
+    def live_store(self, failures: Callable[[], float], dropped: Callable[[], float]) -> None:
+        """Read the store's write failures and dropped records when scraped."""
+        self._store_failures.read = failures
+        self._store_dropped.read = dropped
 
     def rpc_done(self, operation: str, outcome: str, seconds: float) -> None:
         """Count one RPC: C{outcome} is ok, rpc-error, timeout or lost."""

@@ -148,8 +148,9 @@ class CallHomeService(MultiService):
         logs.set_level(config.log_level)
         # Built before anything opens: a bad step stops start-up (ConfigError).
         chains = chains if chains is not None else build_chains(config)
-        self.store = Store(config.store.database, reactor)
-        snapshot = self.store.open()
+        self.store = Store(config.store.database, reactor, durable=config.store.durable)
+        # The main process reconciles results_dir with the table for every process.
+        snapshot = self.store.open(config.results_dir if worker is None else None)
         self.metrics = Metrics()
         registry = Registry(config, reactor, store=self.store, snapshot=snapshot)
         self.manager = Manager(config, reactor, registry=registry, store=self.store, metrics=self.metrics, chains=chains)

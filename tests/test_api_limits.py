@@ -160,3 +160,20 @@ class ApiLimitTests(RunningService):
                 break
             await threads.deferToThread(time.sleep, 0.02)
         self.assertEqual((await self.get("/healthz")).code, 200)
+
+
+class StoreHealthTests(RunningService):
+    """While the database refuses writes, /healthz says degraded and why, and /metrics counts it."""
+
+    async def test_degraded_while_writes_fail(self):
+        service = self.start("[]")
+        self.assertEqual((await self.get("/healthz")).json()["status"], "ok")
+        service.store.failing = "OperationalError: database or disk is full"
+        service.store.write_failures = 3
+        report = (await self.get("/healthz")).json()
+        self.assertEqual(report["status"], "degraded")
+        self.assertEqual(report["store"]["failing"], "OperationalError: database or disk is full")
+        metrics = (await self.get("/metrics")).body.decode()
+        self.assertIn("callhome_store_write_failures_total 3.0", metrics)
+        service.store.failing = None
+        self.assertEqual((await self.get("/healthz")).json()["status"], "ok")

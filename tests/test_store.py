@@ -177,3 +177,135 @@ class StoreTests(TestCase):
         self.assertEqual([p.exists() for p in files], [False] * 4 + [True])
         self.assertTrue(other.exists())
         self.assertEqual(await store.query("SELECT message FROM events"), [])
+
+
+class FailingWriteTests(TestCase):
+    """A database that refuses writes (disk full, locked) loses nothing queued."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.tmp.mkdir()
+        self.refusals = [2]
+        real = store_module._write_batch
+
+        def flaky(cursor, batch):  # type: ignore[no-untyped-def]
+            if self.refusals[0] > 0:
+                self.refusals[0] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(cursor, batch)
+
+        self.patch(store_module, "_write_batch", flaky)
+
+    async def test_failed_batches_stay_queued_and_are_written_later(self):
+        """Two failed flushes, then the database works: every record is written once, in order."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        store = Store(self.tmp / "db.sqlite", reactor, clock=clock)
+        store.open()
+        self.addCleanup(store.close)
+        for i in range(5):
+            store.add_event("test", f"event {i}")
+        await store.flush()
+        self.assertEqual((store.failing, len(store.pending), store.write_failures),
+                         ("OperationalError: database or disk is full", 5, 1))
+        clock.advance(1.0)  # the retry: refused again
+        await store.interaction(lambda cursor: None)
+        self.assertEqual((len(store.pending), store.write_failures), (5, 2))
+        store.add_event("test", "event 5")
+        clock.advance(2.0)  # the next retry (backed off) works
+        rows = await store.query("SELECT message FROM events ORDER BY id")
+        self.assertEqual([r["message"] for r in rows], [f"event {i}" for i in range(6)])
+        self.assertIsNone(store.failing)
+        self.assertEqual(store.pending, [])
+        self.flushLoggedErrors()
+
+    async def test_a_full_queue_drops_the_oldest_and_counts_them(self):
+        """Past the bound the oldest records go, counted; the newest are kept for the retry."""
+        self.refusals[0] = 1
+        self.patch(store_module, "MAX_QUEUED", 3)
+        store = Store(self.tmp / "db.sqlite", reactor)
+        store.open()
+        self.addCleanup(store.close)
+        for i in range(5):
+            store.add_event("test", f"event {i}")
+        await store.flush()
+        self.assertEqual(store.dropped, 2)
+        self.assertEqual([p[1][3] for p in store.pending], ["event 2", "event 3", "event 4"])
+        await store.flush()
+        rows = await store.query("SELECT message FROM events ORDER BY id")
+        self.assertEqual([r["message"] for r in rows], ["event 2", "event 3", "event 4"])
+        self.flushLoggedErrors()
+
+
+class ReconcileTests(TestCase):
+    """At start the results table and results_dir agree (a crash between file and row, a deleted file)."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.results = self.tmp / "results"
+        (self.results / "edge-1").mkdir(parents=True)
+
+    async def test_files_without_rows_are_indexed_and_lost_files_marked(self):
+        """A file with no row gets one; a row whose file is gone is marked; a partial file is removed."""
+        import hashlib
+
+        store = Store(self.tmp / "db.sqlite", reactor)
+        store.open(self.results)
+        kept = self.results / "edge-1" / "20261201T100000.000001Z-get.xml"
+        kept.write_bytes(b"<rpc-reply/>")
+        gone = self.results / "edge-1" / "20261201T100001.000001Z-get.xml"
+        store.add_result("edge-1", "get", str(gone), 3, "x" * 64, "s-1")
+        await store.close()
+        orphan = self.results / "edge-1" / "20261201T100002.000001Z-get-config-1.xml"
+        orphan.write_bytes(b"<rpc-reply>data</rpc-reply>")
+        (self.results / "edge-1" / ".partial-abc").write_bytes(b"<rpc-re")
+        store = Store(self.tmp / "db.sqlite", reactor)
+        store.open(self.results)
+        self.addCleanup(store.close)
+        self.assertEqual((store.reconciled.indexed, store.reconciled.missing, store.reconciled.partial_removed), (2, 1, 1))
+        rows = {Path(r["path"]).name: r for r in await store.results(limit=10)}
+        self.assertEqual(set(rows), {kept.name, gone.name, orphan.name})
+        self.assertIsNotNone(rows[gone.name]["missing"])
+        self.assertIsNone(rows[kept.name]["missing"])
+        row = rows[orphan.name]
+        self.assertEqual((row["device"], row["action"], row["size"]), ("edge-1", "get-config", orphan.stat().st_size))
+        self.assertEqual(row["sha256"], hashlib.sha256(orphan.read_bytes()).hexdigest())
+        self.assertFalse((self.results / "edge-1" / ".partial-abc").exists())
+
+    async def test_a_second_start_finds_nothing_to_do(self):
+        """Reconciliation is idempotent: what it indexed is not indexed again."""
+        (self.results / "edge-1" / "20261201T100000.000001Z-get.xml").write_bytes(b"<a/>")
+        for expected in (1, 0):
+            store = Store(self.tmp / "db.sqlite", reactor)
+            store.open(self.results)
+            self.assertEqual(store.reconciled.indexed, expected)
+            await store.close()
+
+
+class DurableResultsTests(TestCase):
+    """store.durable: each result reaches the disk before it has its name, and its name after."""
+
+    def test_durable_writes_fsync_the_file_and_its_folder(self):
+        from callhome.storage.results import ResultsWriter
+
+        synced: list[int] = []
+        real = store_module.os.fsync
+        self.patch(store_module.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+        tmp = Path(self.mktemp())
+        ResultsWriter(tmp, durable=False).save("edge-1", "get", b"<a/>")
+        self.assertEqual(synced, [])
+        path = ResultsWriter(tmp, durable=True).save("edge-1", "get", b"<b/>")
+        self.assertEqual(len(synced), 2)
+        self.assertEqual(path.read_bytes(), b"<b/>")
+
+    def test_config_key(self):
+        """store.durable is a flag; default off."""
+        from callhome import config
+
+        base = "listen: [tcp:1]\n"
+        self.assertFalse(config.loads(base).store.durable)
+        self.assertTrue(config.loads(base + "store: {durable: true}\n").store.durable)
+        with self.assertRaises(config.ConfigError) as caught:
+            config.loads(base + "store: {durable: yes please}\n")
+        self.assertEqual(caught.exception.path, "store.durable")

@@ -82,7 +82,7 @@ class Manager:
         self.clock = clock
         self.store = store
         self.metrics = metrics or Metrics()
-        self.results = results or ResultsWriter(config.results_dir)
+        self.results = results or ResultsWriter(config.results_dir, durable=config.store.durable)
         self.results.on_saved = self._saved
         self.registry = registry or Registry(config, clock, store=store)
         self.admission = Admission(config.admission, clock)
@@ -103,6 +103,8 @@ class Manager:
             quarantined=lambda: len(self.registry.pending),
             bytes_received=self.bytes_received,
         )
+        if store is not None:
+            self.metrics.live_store(lambda: store.write_failures, lambda: store.dropped)
 
     def reconfigure(self, config: Config, chains: Chains | None = None) -> None:
         """
@@ -117,7 +119,7 @@ class Manager:
         self.admission.settings = config.admission
         self.offer = algorithms.offer(self._legacy_opt_ins())
         if self.results.directory != config.results_dir:
-            self.results = ResultsWriter(config.results_dir, on_saved=self._saved)
+            self.results = ResultsWriter(config.results_dir, on_saved=self._saved, durable=config.store.durable)
         for name, call in list(self.sessions.items()):
             if self.registry.device(name) is None:
                 self.log.warn("device {device} is no longer configured: closing its session", device=name)

@@ -175,6 +175,9 @@ class StoreSettings:
     database: Path = Path("var/callhome.sqlite")
     retention_days: float | None = None
     retention_per_device: int | None = None
+    #: fsync result files and their folder, and SQLite synchronous=FULL:
+    #: survives power loss, at an fsync per result and per commit.
+    durable: bool = False
 
 
 #: the API's default endpoint: loopback only, so no token is needed.

@@ -293,7 +293,7 @@ class _Reader:
         return text
 
     def store(self, node: Node) -> StoreSettings:
-        fields = node.mapping(("database", "retention"))
+        fields = node.mapping(("database", "retention", "durable"))
         database = Path(fields["database"].text()) if "database" in fields else StoreSettings.database
         days = per_device = None
         if "retention" in fields and fields["retention"].value is not None:
@@ -302,7 +302,8 @@ class _Reader:
                 days = retention["days"].number()
             if "per_device" in retention:
                 per_device = retention["per_device"].integer()
-        return StoreSettings(database=database, retention_days=days, retention_per_device=per_device)
+        durable = fields["durable"].flag() if "durable" in fields else False
+        return StoreSettings(database=database, retention_days=days, retention_per_device=per_device, durable=durable)
 
     def api(self, node: Node) -> ApiSettings:
         fields = node.mapping(("listen", "token", "token_env", "token_file"))

@@ -419,6 +419,12 @@ class ControlPlane:
                 "sessions": len(self.manager.active) + (remote.open_calls()[0] if remote is not None else 0),
                 "devices": len(self.manager.registry.devices()),
             }
+            if self.store.failing is not None:
+                # Calls are served and results saved as files, but the
+                # database does not take their records: an operator must look.
+                answer["status"] = "degraded" if answer["status"] == "ok" else answer["status"]
+                answer["store"] = {"failing": self.store.failing, "queued": len(self.store.pending),
+                                   "dropped": self.store.dropped}
             if remote is not None:
                 answer["workers"] = [{"index": 0, "pid": os.getpid()}] + remote.processes()
             return answer

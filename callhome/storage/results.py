@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def _current_umask() -> int:
@@ -72,8 +72,11 @@ class ResultsWriter:
         directory: str | os.PathLike[str],
         now: Callable[[], datetime] = _utc_now,
         on_saved: Callable[[SavedFile], None] | None = None,
+        durable: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        #: fsync each file before it gets its name, and its folder after.
+        self.durable = durable
         self.now = now
         self.on_saved = on_saved
         self.session: str | None = None
@@ -119,7 +122,9 @@ class ResultsWriter:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), _FILE_MODE)
                 f.write(payload)
+                self._sync(f)
             os.replace(temporary, final)
+            self._sync_folder(final.parent)
         except BaseException:
             os.unlink(temporary)
             raise
@@ -144,11 +149,28 @@ class ResultsWriter:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), _FILE_MODE)
                 f.write(payload)
+                self._sync(f)
             final = self._link_unique(temporary, folder, f"{stamp}-{action}")
         finally:
             os.unlink(temporary)
+        self._sync_folder(folder)
         self._report(device, action, final, payload, when)
         return final
+
+    def _sync(self, f: Any) -> None:
+        """store.durable: the bytes are on disk before the file gets its name."""
+        if self.durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _sync_folder(self, folder: Path) -> None:
+        """store.durable: the name (link, rename, unlink) is on disk too."""
+        if self.durable:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def _link_unique(temporary: str, folder: Path, stem: str) -> Path:

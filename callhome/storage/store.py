@@ -23,6 +23,7 @@ refused rather than guessed at.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -37,6 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from callhome.logs import LevelLogger
 from callhome.reactor import IServiceReactor
+from callhome.storage.reconcile import Reconciled, reconcile
 
 #: ordered schema migrations: (version, statements).  Never edit a released
 #: entry; append a new one.
@@ -63,12 +65,23 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE INDEX events_by_device ON events (device, id)",
         "CREATE INDEX events_by_time ON events (time)",
     )),
+    # 3: a result whose file is gone is marked (when it was noticed), not
+    # dropped (start-up reconciliation, callhome.storage.reconcile).
+    (3, (
+        "ALTER TABLE results ADD COLUMN missing REAL",
+    )),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 #: queued writes that trigger a flush before the interval is up.
 FLUSH_BATCH = 500
+#: records kept queued while the database refuses writes; past this the
+#: oldest are dropped (counted and logged).  ~100 bytes each in memory.
+MAX_QUEUED = 100_000
+#: seconds between retries of a failed write, doubling up to the maximum.
+RETRY_DELAY = 1.0
+RETRY_DELAY_MAX = 30.0
 
 
 class StoreError(Exception):
@@ -84,20 +97,21 @@ class Snapshot:
     enrollments: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, durable: bool = False) -> sqlite3.Connection:
     # Autocommit mode: migrations run their own BEGIN/COMMIT, because the
     # sqlite3 module's implicit transactions do not cover DDL.
     connection = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-    _configure(connection)
+    _configure(connection, durable)
     return connection
 
 
-def _configure(connection: sqlite3.Connection) -> None:
+def _configure(connection: sqlite3.Connection, durable: bool = False) -> None:
     # WAL: readers (the API, a backup with sqlite3 .backup) never block the
-    # writer; NORMAL sync is durable across a process crash, which is what
-    # a graceful shutdown needs.
+    # writer.  NORMAL sync survives a process crash (SIGKILL); FULL
+    # (store.durable) also survives the machine losing power, at an fsync
+    # per commit.
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     connection.execute("PRAGMA foreign_keys=ON")
 
 
@@ -160,8 +174,14 @@ class Store:
 
     log = LevelLogger(namespace="callhome.storage.store")
 
-    def __init__(self, path: str | os.PathLike[str], reactor: IServiceReactor, flush_interval: float = 0.5, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], reactor: IServiceReactor, flush_interval: float = 0.5,
+        clock: IReactorTime | None = None, durable: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.durable = durable
+        #: what start-up reconciliation found (L{open} with a results directory).
+        self.reconciled: Reconciled | None = None
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.flush_interval = flush_interval
@@ -169,21 +189,30 @@ class Store:
         self._timer: Any = None
         self._pool: adbapi.ConnectionPool | None = None
         self.writes = 0
+        #: why writes fail now (None: they work); /healthz reports it.
+        self.failing: str | None = None
+        #: failed write batches, and records dropped from a full queue.
+        self.write_failures = 0
+        self.dropped = 0
+        self._retry_delay = RETRY_DELAY
 
     # --- start-up (blocking, before anything is served) ----------------------------
 
-    def open(self) -> Snapshot:
+    def open(self, results_dir: Path | None = None) -> Snapshot:
         """
-        Create or upgrade the schema, read the registry's state, and start
-        the database thread.
+        Create or upgrade the schema, reconcile the results table with
+        C{results_dir} (if given), read the registry's state, and start the
+        database thread.
 
         @raises StoreError: if the database cannot be opened or is too new.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            connection = _connect(str(self.path))
+            connection = _connect(str(self.path), self.durable)
             try:
                 found = migrate(connection, log=self.log)
+                if results_dir is not None:
+                    self.reconciled = reconcile(connection, results_dir, self.log)
                 if found == 0:
                     self.log.info("created database {path} (schema version {version})", path=str(self.path), version=SCHEMA_VERSION)
                 snapshot = Snapshot(
@@ -199,7 +228,7 @@ class Store:
         # single FIFO thread makes every read see the writes queued before it.
         self._pool = adbapi.ConnectionPool(
             "sqlite3", str(self.path), check_same_thread=False, timeout=30,
-            cp_min=1, cp_max=1, cp_openfun=_configure, cp_reactor=self.reactor,
+            cp_min=1, cp_max=1, cp_openfun=functools.partial(_configure, durable=self.durable), cp_reactor=self.reactor,
         )
         return snapshot
 
@@ -207,7 +236,8 @@ class Store:
 
     def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
         self.pending.append((sql, parameters))
-        if len(self.pending) >= FLUSH_BATCH:
+        # While writes fail, the retry timer paces them: no flush per record.
+        if len(self.pending) >= FLUSH_BATCH and self.failing is None:
             self.flush()
         elif self._timer is None:
             self._timer = self.clock.callLater(self.flush_interval, self.flush)
@@ -274,11 +304,33 @@ class Store:
 
         def done(count: int) -> None:
             self.writes += count
+            if self.failing is not None:
+                self.log.info("database writes work again: {count} queued records written to {path}",
+                              count=count, path=str(self.path))
+                self.failing = None
+                self._retry_delay = RETRY_DELAY
 
         def failed(failure: Any) -> None:
-            # A write that fails (disk full, database locked for 30 s) is
-            # logged with what was lost; the service goes on serving.
-            self.log.failure("cannot write {count} records to {path}", failure, count=len(batch), path=str(self.path))
+            # A write that fails (disk full, database locked for 30 s) loses
+            # nothing: the batch goes back to the head of the queue (the
+            # transaction rolled back, so nothing of it was written) and is
+            # retried, with a growing delay, until the database takes it.
+            self.write_failures += 1
+            reason = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+            if self.failing is None:
+                self.log.error("cannot write {count} records to {path} ({reason}): kept queued, retrying",
+                               count=len(batch), path=str(self.path), reason=reason)
+            self.failing = reason
+            self.pending[:0] = batch
+            excess = len(self.pending) - MAX_QUEUED
+            if excess > 0:
+                del self.pending[:excess]
+                self.dropped += excess
+                self.log.critical("store queue full ({limit} records): dropped the {count} oldest ({total} so far)",
+                                  limit=MAX_QUEUED, count=excess, total=self.dropped)
+            if self._pool is not None and self._timer is None:
+                self._timer = self.clock.callLater(self._retry_delay, self.flush)
+                self._retry_delay = min(self._retry_delay * 2, RETRY_DELAY_MAX)
 
         return written.addCallbacks(done, failed)
 
@@ -307,7 +359,7 @@ class Store:
     ) -> defer.Deferred[list[dict[str, Any]]]:
         """Result metadata newest first: of a device, an action, a call; before a result id."""
         where, params = _conditions((("device = ?", device), ("action = ?", action), ("session = ?", session), ("id < ?", before_id)))
-        sql = "SELECT id, device, action, time, size, sha256, session, path FROM results" + where + " ORDER BY id DESC LIMIT ?"
+        sql = "SELECT id, device, action, time, size, sha256, session, path, missing FROM results" + where + " ORDER BY id DESC LIMIT ?"
         return self.query(sql, [*params, limit])
 
     def result(self, result_id: int) -> defer.Deferred[dict[str, Any] | None]:
@@ -348,6 +400,13 @@ class Store:
         flushed = self.flush()
 
         def stop(_: object) -> None:
+            if self.pending:
+                # Results are files first; the next start indexes any without a row.
+                self.log.error("store closing with {count} records it could not write ({reason})",
+                               count=len(self.pending), reason=self.failing)
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
             if self._pool is not None:
                 pool, self._pool = self._pool, None
                 pool.close()
