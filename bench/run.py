@@ -344,6 +344,47 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def durability(sessions: int, concurrency: int, rounds: int) -> None:
+    """
+    store.durable off against on, the same periodic load, rounds alternating:
+    sessions/s and the manager's CPU per session (an fsync per result, its
+    folder and each commit cost wall time more than CPU).
+    """
+    rows = []
+    for durable in (False, True):
+        work = Path(tempfile.mkdtemp(prefix="callhome-durable-"))
+        prepare(work, sessions)
+        port = free_port()
+        config = work / "config.yaml"
+        text = config.read_text().replace("{port}", str(port))
+        text = text.replace("callhome.sqlite}", f"callhome.sqlite, durable: {str(durable).lower()}}}")
+        config.write_text(text)
+        rows.append((durable, work, Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)))
+    figures: dict[bool, dict[str, list[float]]] = {d: {"rate": [], "cpu": []} for d, _, _ in rows}
+    try:
+        for _ in range(rounds):
+            for durable, work, subject in rows:
+                before = subject.ask("cpu")["cpu"]
+                wall, served, _ = load(subject.port, work, sessions, concurrency)
+                after = subject.ask("cpu")["cpu"]
+                figures[durable]["rate"].append(sessions / wall)
+                figures[durable]["cpu"].append((after - before) * 1000 / max(served, 1))
+    finally:
+        import shutil
+
+        for _, work, subject in rows:
+            subject.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"store.durable: {sessions} sessions x {rounds} rounds, concurrency {concurrency}, medians")
+    print(f"{'':22}{'sessions/s':>12}{'CPU ms/session':>16}")
+    for durable in (False, True):
+        f = figures[durable]
+        print(f"{f'durable: {str(durable).lower()}':22}{statistics.median(f['rate']):12.1f}{statistics.median(f['cpu']):16.2f}")
+    off, on = figures[False], figures[True]
+    print(f"{'ratio on/off':22}{statistics.median(on['rate']) / statistics.median(off['rate']):12.2f}"
+          f"{statistics.median(on['cpu']) / statistics.median(off['cpu']):16.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
@@ -355,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-mb", type=int, default=50, help="size of the large <get> reply in MB (0: skip)")
     parser.add_argument("--held", type=int, default=10000, help="persistent sessions to hold open (0: skip)")
     parser.add_argument("--no-workers", dest="workers", action="store_false", help="skip the workers: 1 vs 2 run")
+    parser.add_argument("--no-durable", dest="durable", action="store_false", help="skip the store.durable off vs on run")
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb, args.held = 20, 10, 1, 50, 1, 20
@@ -416,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= not large_reply(args.large_mb)
         if args.workers:
             scaling(args.sessions, args.concurrency, args.rounds)
+        if args.durable:
+            durability(args.sessions, args.concurrency, args.rounds)
         if args.held:
             failed |= not held(args.held, baseline="asyncssh" in medians, window=2.0 if args.quick else 30.0)
         return 1 if failed else 0
