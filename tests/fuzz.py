@@ -79,24 +79,24 @@ documents = st.one_of(
 # --- properties ------------------------------------------------------------------------
 
 
-def eom_framer_round_trip(batch: list[bytes], cuts: list[int]) -> None:
-    """End-of-message framing: however the bytes are cut, the same messages come out."""
-    data = b"".join(EndOfMessageFramer.encode(m) for m in batch)
+def _round_trip(framer_class: Any, batch: list[bytes], cuts: list[int]) -> None:
+    """However the framed bytes are cut, the same messages come out."""
+    data = b"".join(framer_class.encode(m) for m in batch)
     points = sorted(set(c % (len(data) + 1) for c in cuts))
-    framer, out = EndOfMessageFramer(LIMIT), []
+    framer, out = framer_class(LIMIT), []
     for a, b in zip([0, *points], [*points, len(data)]):
         out += framer.feed(data[a:b])
     assert out == batch, (out, batch)
+
+
+def eom_framer_round_trip(batch: list[bytes], cuts: list[int]) -> None:
+    """End-of-message framing: however the bytes are cut, the same messages come out."""
+    _round_trip(EndOfMessageFramer, batch, cuts)
 
 
 def chunked_framer_round_trip(batch: list[bytes], cuts: list[int]) -> None:
     """Chunked framing: however the bytes are cut, the same messages come out."""
-    data = b"".join(ChunkedFramer.encode(m) for m in batch)
-    points = sorted(set(c % (len(data) + 1) for c in cuts))
-    framer, out = ChunkedFramer(LIMIT), []
-    for a, b in zip([0, *points], [*points, len(data)]):
-        out += framer.feed(data[a:b])
-    assert out == batch, (out, batch)
+    _round_trip(ChunkedFramer, batch, cuts)
 
 
 def framers_refuse_garbage_cleanly(garbage: list[bytes]) -> None:
