@@ -14,6 +14,7 @@ prints how many examples each tried and what failed.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import traceback
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     tried = {name: 0 for name in PROPERTIES}
     failures: dict[str, str] = {}
     rounds = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(failures) < len(PROPERTIES):
         rounds += 1
         for name in PROPERTIES:
             if name in failures or time.monotonic() >= deadline:
@@ -252,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             counted = [0]
             function, strategies = PROPERTIES[name]
 
-            def counting(*values: Any, _function: Callable[..., None] = function) -> None:
+            @functools.wraps(function)
+            def counting(*args: Any, _function: Callable[..., None] = function, **kwargs: Any) -> None:
                 counted[0] += 1
-                _function(*values)
+                _function(*args, **kwargs)
 
             test = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None,
                             max_examples=args.examples, derandomize=False)(given(*strategies)(counting))
