@@ -134,9 +134,10 @@ def build_from_reference(reference: str, params: dict[str, Any]) -> Any:
         return build_from_plugin(target, params)
     if inspect.isclass(target):
         check_parameters(target, params)
-        action = target(**params)
+        # A plugin class of any type; its instance gets a name.
+        action: Any = target(**params)
         if not getattr(action, "name", None):
-            action.name = reference  # type: ignore[attr-defined]  # a plugin class of any type; its instance gets a name
+            action.name = reference
         return action
     if callable(target):
         check_parameters(target, params, skip=1)
