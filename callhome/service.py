@@ -143,6 +143,7 @@ class CallHomeService(MultiService):
         self.worker = worker
         self.stopping = False
         self._stopped: defer.Deferred[None] | None = None
+        self._signalled = False
         #: called before each housekeeping save (a worker reports its changes).
         self.before_save: Callable[[], None] | None = None
         logs.set_level(config.log_level)
@@ -282,6 +283,11 @@ class CallHomeService(MultiService):
         signal.signal(signal.SIGHUP, reload)
 
     def _stop_on_signal(self, name: str) -> None:
+        if self._signalled:
+            # A second signal (a process group's, a second Ctrl-C): the stop is under way.
+            self.log.info("{signal}: already stopping", signal=name)
+            return
+        self._signalled = True
         self.log.info("{signal}: stopping gracefully (grace {grace:g}s)", signal=name, grace=self.config.shutdown_grace)
         if self.reactor.running:
             self.reactor.stop()
