@@ -397,7 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", type=int, default=10000, help="persistent sessions to hold open (0: skip)")
     parser.add_argument("--no-workers", dest="workers", action="store_false", help="skip the workers: 1 vs 2 run")
     parser.add_argument("--no-durable", dest="durable", action="store_false", help="skip the store.durable off vs on run")
+    parser.add_argument("--soak", type=float, default=0, help="only the soak, for this many minutes (see bench/soak.py)")
+    parser.add_argument("--soak-held", type=int, default=1000, help="persistent sessions held during the soak")
+    parser.add_argument("--soak-rate", type=int, default=100, help="periodic calls a second during the soak")
     args = parser.parse_args(argv)
+    if args.soak:
+        sys.path.insert(0, str(REPO / "bench"))
+        import soak
+
+        return 0 if soak.soak(args.soak, args.soak_held, args.soak_rate, sys.modules[__name__]) else 1
     if args.quick:
         args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb, args.held = 20, 10, 1, 50, 1, 20
     work = Path(tempfile.mkdtemp(prefix="callhome-bench-"))
