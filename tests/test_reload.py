@@ -80,10 +80,11 @@ class ReloadTests(RunningService):
     async def test_listener_that_cannot_bind_refuses_the_reload(self):
         """A new listener that cannot bind refuses the whole reload: nothing changes."""
         _, fp = self.device_key("edge")
+        _, extra_fp = self.device_key("extra")  # a real second key: never equal to edge's
         self.start(f'[{{name: edge, host_keys: ["{fp}"]}}]')
         taken = self.service.api_address().port  # the API's port is certainly taken
         self.write_config(
-            f'[{{name: edge, host_keys: ["{fp}"]}}, {{name: extra, host_keys: ["{fp[:-1]}A"]}}]',
+            f'[{{name: edge, host_keys: ["{fp}"]}}, {{name: extra, host_keys: ["{extra_fp}"]}}]',
             listen=f'["tcp:{self.port}:interface=127.0.0.1", "tcp:{self.port + 0}:interface=127.0.0.2", "tcp:{taken}:interface=127.0.0.1"]',
         )
         with self.assertRaises(ReloadError) as caught:
