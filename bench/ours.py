@@ -8,7 +8,11 @@ answers one-line commands on stdin, each with one JSON line on stdout:
 
     cpu      {"cpu": seconds of user+system CPU (getrusage, this process, plus its worker
               processes with workers: N), "maxrss_kib": ...}
-    held     {"sessions": persistent sessions held (chain done, keepalives on), "rss_kib": resident memory now}
+    held     {"sessions": persistent sessions held (chain done, keepalives on), "rss_kib": resident memory now,
+              "served": calls ended ok, "failed": calls ended otherwise, "notifications": received}
+    mark     {"marked": true}: remember memory as it is now, the baseline for ``top``
+    top      {"growth": the 15 source lines whose allocations grew most since ``mark`` (tracemalloc),
+              only when CALLHOME_TRACEMALLOC=1 is set; [] otherwise}
     latency  {"latencies": [seconds from TCP accept to the reply saved, ...]}  (and clears them)
     quit
 """
@@ -19,6 +23,7 @@ import json
 import os
 import resource
 import sys
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,6 +64,24 @@ class Control(LineReceiver):
         self.latencies = latencies
         self.service = service
         self.manager = service.manager
+        self.baseline: tracemalloc.Snapshot | None = None
+
+    def counts(self) -> dict[str, float]:
+        """Calls ended ok and otherwise, and notifications received, from the service's metrics."""
+        families = {m.name: m for m in self.service.metrics.registry.collect()}
+        finished = families["callhome_calls_finished"].samples
+        served = sum(s.value for s in finished if s.name.endswith("_total") and s.labels.get("outcome") == "ok")
+        failed = sum(s.value for s in finished if s.name.endswith("_total") and s.labels.get("outcome") != "ok")
+        notifications = sum(s.value for s in families["callhome_notifications_received"].samples if s.name.endswith("_total"))
+        return {"served": served, "failed": failed, "notifications": notifications}
+
+    def growth(self) -> list[str]:
+        """Where memory grew since ``mark``: tracemalloc's line statistics, biggest growth first."""
+        if self.baseline is None:
+            return []
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.compare_to(self.baseline, "lineno")
+        return [str(stat) for stat in stats if stat.size_diff > 0][:15]
 
     def lineReceived(self, line: bytes) -> None:
         command = line.strip().decode()
@@ -71,7 +94,14 @@ class Control(LineReceiver):
                 # Held: the chain is done and keepalives are running.
                 "sessions": sum(1 for call in self.manager.sessions.values() if call.keepalive is not None),
                 "rss_kib": resident_pages * resource.getpagesize() // 1024,
+                **self.counts(),
             }).encode())
+        elif command == "mark":
+            if tracemalloc.is_tracing():
+                self.baseline = tracemalloc.take_snapshot()
+            self.sendLine(json.dumps({"marked": self.baseline is not None}).encode())
+        elif command == "top":
+            self.sendLine(json.dumps({"growth": self.growth()}).encode())
         elif command == "latency":
             self.sendLine(json.dumps({"latencies": self.latencies[:]}).encode())
             self.latencies.clear()
@@ -104,7 +134,10 @@ def main() -> None:
     manager.identify = identify_and_note  # type: ignore[method-assign]
     manager.results.save = save_and_note  # type: ignore[method-assign]
     service.startService()
-    stdio.StandardIO(Control(latencies, service))
+    control = Control(latencies, service)
+    if os.environ.get("CALLHOME_TRACEMALLOC") == "1":
+        tracemalloc.start(1)
+    stdio.StandardIO(control)
     print(json.dumps({"ready": True}), flush=True)
     reactor.run()
 

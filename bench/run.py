@@ -400,12 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0, help="only the soak, for this many minutes (see bench/soak.py)")
     parser.add_argument("--soak-held", type=int, default=1000, help="persistent sessions held during the soak")
     parser.add_argument("--soak-rate", type=int, default=100, help="periodic calls a second during the soak")
+    parser.add_argument("--soak-notify", type=float, default=60.0, help="seconds between one held device's notifications")
+    parser.add_argument("--soak-trace", action="store_true", help="run the soak's manager under tracemalloc and print where memory grew")
     args = parser.parse_args(argv)
     if args.soak:
         sys.path.insert(0, str(REPO / "bench"))
         import soak
 
-        return 0 if soak.soak(args.soak, args.soak_held, args.soak_rate, sys.modules[__name__]) else 1
+        return 0 if soak.soak(args.soak, args.soak_held, args.soak_rate, sys.modules[__name__],
+                                  notify=args.soak_notify, trace=args.soak_trace) else 1
     if args.quick:
         args.sessions, args.concurrency, args.rounds, args.storm, args.large_mb, args.held = 20, 10, 1, 50, 1, 20
     work = Path(tempfile.mkdtemp(prefix="callhome-bench-"))

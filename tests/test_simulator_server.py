@@ -836,3 +836,27 @@ class NotificationTests(ServerTestCase):
         # The newest entry is this session's own start, so ticks 51-149 remain.
         self.assertEqual(event(replayed[0]).findtext("{urn:example:t}n"), "51")
         self.assertEqual(len(replayed), 101)
+
+
+class HeartbeatTests(SynchronousTestCase):
+    """``callhome-device --notify-every``: a steady stream of events, spread over the devices."""
+
+    def test_each_device_raises_numbered_heartbeats_spread_over_the_interval(self) -> None:
+        from callhome.simulator.cli import start_heartbeats
+        from callhome.simulator.constants import SIMULATOR_NS
+
+        clock = task.Clock()
+        clock.advance(START)
+        stores = [Datastore.from_file(clock=clock) for _ in range(4)]
+        loops = start_heartbeats(clock, stores, 60.0)  # type: ignore[arg-type]
+        for _ in range(3):
+            clock.advance(15)  # device 0 starts at 0, device 1 at 15 s...: none has fired yet
+        self.assertEqual([len(s.replay_log) for s in stores], [0, 0, 0, 0])
+        clock.advance(15)  # 60 s: device 0's first beat
+        self.assertEqual([len(s.replay_log) for s in stores], [1, 0, 0, 0])
+        clock.pump([15] * 12)  # 240 s: device 0 four beats, devices 1-3 (started at 15-45 s) three
+        self.assertEqual([len(s.replay_log) for s in stores], [4, 3, 3, 3])
+        sequences = [e.findtext(f"{{{SIMULATOR_NS}}}sequence") for _, e in stores[0].replay_log]
+        self.assertEqual(sequences, ["1", "2", "3", "4"])
+        for loop in loops:
+            loop.stop()

@@ -6,6 +6,8 @@ TCP to the manager, runs an SSH server on that socket with its own host key
 and serves the ``netconf`` subsystem.  ``--count``, ``--interval`` and
 ``--concurrency`` make it call repeatedly and many at once; ``--devices N``
 makes it N devices with N host keys (for load and integration tests).
+``--notify-every SECONDS`` makes every device raise a heartbeat event that
+often, delivered to its subscribed sessions (the soak's notification load).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from twisted.conch.ssh import keys
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint
 
+from lxml import etree
+
 from callhome import fingerprints
 from callhome.reactor import IServiceReactor
+from callhome.simulator.constants import SIMULATOR_NS
 from callhome.simulator.netconf_server import DEFAULT_DATASTORE, Datastore
 from callhome.simulator.ssh_server import DeviceSSHFactory, load_or_create_host_key
 
@@ -49,6 +54,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--retry-delay", type=float, default=1.0, help="longest random wait before a retry, seconds (default %(default)s)")
     p.add_argument("--timeout", type=float, default=60.0, help="give up on one call after this many seconds (default %(default)s)")
     p.add_argument("--source-address", help="local address to call from (e.g. 127.0.0.2)")
+    p.add_argument("--notify-every", type=float, default=0.0, metavar="SECONDS",
+                   help="raise a heartbeat notification this often on every device, to its subscribed sessions (default: never)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     args = p.parse_args(argv)
     if args.password_env:
@@ -78,6 +85,33 @@ def devices_yaml(paths: list[Path], loaded: list[keys.Key], prefix: str = "sim")
         lines.append(f"  - name: {prefix}-{index:04d}")
         lines.append(f'    host_keys: ["{fingerprints.of_key(key)}"]')
     return "\n".join(lines) + "\n"
+
+
+def heartbeat(sequence: int) -> etree._Element:
+    """The simulator's periodic event: ``<heartbeat><sequence>N</sequence></heartbeat>``."""
+    event = etree.Element(f"{{{SIMULATOR_NS}}}heartbeat", nsmap={None: SIMULATOR_NS})
+    etree.SubElement(event, f"{{{SIMULATOR_NS}}}sequence").text = str(sequence)
+    return event
+
+
+def start_heartbeats(reactor: IServiceReactor, datastores: Sequence[Datastore], every: float) -> list[task.LoopingCall]:
+    """
+    Raise a heartbeat on each datastore every C{every} seconds, the devices
+    spread evenly over the interval so the manager sees a steady stream,
+    not a burst each period.
+    """
+    loops = []
+    for index, datastore in enumerate(datastores):
+        counter = iter(range(1, 2**63))
+        loop = task.LoopingCall(lambda d=datastore, c=counter: d.notify(heartbeat(next(c))))
+        loop.clock = reactor
+        delay = every * index / len(datastores)
+        if delay:
+            reactor.callLater(delay, loop.start, every, now=False)
+        else:
+            loop.start(every, now=False)
+        loops.append(loop)
+    return loops
 
 
 class Caller:
@@ -206,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reactor.running:
             reactor.stop()
 
+    if args.notify_every > 0:
+        start_heartbeats(cast(IServiceReactor, reactor), [f.datastore for f in factories], args.notify_every)
     reactor.callWhenRunning(lambda: caller.run().addBoth(finish))
     reactor.run()
     return result[0] if result else 1

@@ -11,6 +11,8 @@ NOTIFICATION_NS = xml.NOTIFICATION_NS
 NETMOD_NOTIFICATION_NS = "urn:ietf:params:xml:ns:netmod:notification"
 #: RFC 6470 ietf-netconf-notifications.
 NETCONF_NOTIFICATIONS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
+#: The simulator's own events (``--notify-every``): a heartbeat with a sequence number.
+SIMULATOR_NS = "urn:callhome:simulator:1"
 WITH_DEFAULTS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
 
 _CAP = "urn:ietf:params:netconf:capability:"

@@ -138,6 +138,7 @@ class DeviceSSHFactory(factory.SSHFactory):
         netconf_protocol: type[NetconfServerProtocol] = NetconfServerProtocol,
     ) -> None:
         self.host_key = host_key
+        self.datastore = datastore
         type_name = host_key.sshType()
         self.publicKeys = {type_name: host_key.public()}
         self.privateKeys = {type_name: host_key}
