@@ -72,3 +72,58 @@ def from_entry(entry: str) -> str:
             raise FingerprintError("expected a public key, got a private key")
         return of_key(key)
     return normalise(text)
+
+
+# --- certificates ---------------------------------------------------------------------
+
+_CERT_PREFIXES = ("sha256 fingerprint=", "sha256:", "sha256 ")
+
+
+def is_certificate(text: str) -> bool:
+    """Whether C{text} looks like a certificate fingerprint (hex), not an SSH one."""
+    try:
+        normalise_certificate(text)
+    except FingerprintError:
+        return False
+    return True
+
+
+def normalise_certificate(text: str) -> str:
+    """
+    Normalise a certificate's SHA-256 fingerprint to ``AB:CD:...`` (upper
+    case, colons), the form ``openssl x509 -noout -fingerprint -sha256``
+    prints; the ``sha256 Fingerprint=`` prefix, case and colons are optional.
+
+    @raises FingerprintError: if it is not one.
+    """
+    value = text.strip()
+    lowered = value.lower()
+    for prefix in _CERT_PREFIXES:
+        if lowered.startswith(prefix):
+            value = value[len(prefix):].strip()
+            break
+    digits = value.replace(":", "")
+    if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise FingerprintError(
+            f"{text!r} is not a certificate SHA-256 fingerprint (64 hex digits, "
+            "as 'openssl x509 -noout -fingerprint -sha256' prints)"
+        )
+    if ":" in value and value.count(":") != 31:
+        raise FingerprintError(f"{text!r} is not a certificate SHA-256 fingerprint (colons between every byte or none)")
+    digits = digits.upper()
+    return ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+
+
+def of_certificate(der: bytes) -> str:
+    """The normalised SHA-256 fingerprint of a DER certificate."""
+    import hashlib
+
+    digits = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+
+
+def normalise_any(text: str) -> str:
+    """A host-key or a certificate fingerprint, normalised (approvals take either)."""
+    if is_certificate(text):
+        return normalise_certificate(text)
+    return normalise(text)

@@ -21,12 +21,14 @@ from callhome.config.model import (
     SSHSettings,
     StepSpec,
     StoreSettings,
+    TlsIdentity,
+    TlsSettings,
 )
 from callhome.config.reader import is_loopback_endpoint, load, loads, parse_step
 
 __all__ = [
     "DEFAULT_API_LISTEN", "DEFAULT_STEP_TIMEOUT", "DEVICE_NAME", "MAX_WORKERS",
     "AdmissionSettings", "ApiSettings", "Config", "ConfigError", "Credentials", "Device",
-    "NetconfSettings", "Profile", "SSHSettings", "StepSpec", "StoreSettings",
+    "NetconfSettings", "Profile", "SSHSettings", "StepSpec", "StoreSettings", "TlsIdentity", "TlsSettings",
     "is_loopback_endpoint", "load", "loads", "parse_step",
 ]

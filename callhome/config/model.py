@@ -57,6 +57,23 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class TlsIdentity:
+    """
+    What the manager presents on a TLS call (``tls_certificate`` and
+    ``tls_private_key``): checked and read once, at load.
+
+    @ivar certificate_pem: the chain, leaf first, as PEM.
+    @ivar private_key_pem: the key, decrypted, as PEM (never logged).
+    @ivar fingerprint: the leaf's SHA-256 fingerprint (``AB:CD:...``).
+    """
+
+    certificate_path: str
+    certificate_pem: bytes = field(repr=False)
+    private_key_pem: bytes = field(repr=False)
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """
     One step of a chain as the config writes it: data, not yet an action.
@@ -83,6 +100,8 @@ class Profile:
     mode: str = "periodic"
     on_notification: str | None = None
     idle_timeout: float | None = None
+    #: what the manager presents on TLS calls, if set here or above.
+    tls: TlsIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -101,14 +120,29 @@ class Device:
     on_notification: str | None = None
     #: persistent mode: close after this many seconds without a NETCONF message.
     idle_timeout: float | None = None
+    #: TLS: the device's certificate fingerprints (``AB:CD:...``), its identity as host keys are for SSH.
+    certificates: frozenset[str] = frozenset()
+    #: TLS with ``tls_trusted_ca``: names (SAN DNS or IP, or CN) a CA-issued certificate must carry.
+    tls_names: tuple[str, ...] = ()
+    #: TLS: what the manager presents to this device.
+    tls: TlsIdentity | None = None
 
     @classmethod
-    def from_profile(cls, name: str, host_keys: frozenset[str], profile: Profile, group: str | None = None) -> "Device":
+    def from_profile(
+        cls, name: str, host_keys: frozenset[str], profile: Profile, group: str | None = None,
+        certificates: frozenset[str] = frozenset(), tls_names: tuple[str, ...] = (),
+    ) -> "Device":
         """A device that takes everything from a group's or the defaults' profile."""
         return cls(
             name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms,
             profile.mode, profile.on_notification, profile.idle_timeout,
+            certificates, tls_names, profile.tls,
         )
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """Every fingerprint that names this device: host keys and certificates."""
+        return self.host_keys | self.certificates
 
 
 @dataclass(frozen=True)
@@ -135,6 +169,25 @@ class SSHSettings:
     handshake_timeout: float = 30.0
     keepalive_interval: float = 30.0
     keepalive_max_missed: int = 3
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """
+    TLS call home (``listen_tls``), for every call.
+
+    @ivar trusted_ca_path: ``tls_trusted_ca``: a PEM bundle; a certificate
+        it issues identifies a device by ``tls_names``.  None: pinned
+        fingerprints only.
+    @ivar probe_interval: persistent TLS sessions: seconds between our
+        NETCONF keepalive probes (TLS heartbeats are gone from OpenSSL 3).
+    @ivar probe_max_missed: unanswered probes allowed before the session
+        is dropped.
+    """
+
+    trusted_ca_path: str | None = None
+    probe_interval: float = 30.0
+    probe_max_missed: int = 3
 
 
 @dataclass(frozen=True)
@@ -229,10 +282,13 @@ class Config:
     plugin_paths: tuple[Path, ...] = ()
     #: things an operator should fix, each with its key path (logged at start).
     warnings: tuple[str, ...] = ()
+    #: ``listen_tls``: endpoints for TLS call home (RFC 8071, port 4335).
+    listen_tls: tuple[str, ...] = ()
+    tls: TlsSettings = TlsSettings()
 
     def device_by_fingerprint(self) -> dict[str, Device]:
-        """Index the devices by every host-key fingerprint they list."""
-        return {fp: device for device in self.devices for fp in device.host_keys}
+        """Index the devices by every host-key and certificate fingerprint they list."""
+        return {fp: device for device in self.devices for fp in device.identities}
 
 
 #: seconds a step may take unless it sets its own timeout (a hung plugin

@@ -29,7 +29,7 @@ from twisted.internet.endpoints import _parseServer
 from callhome import fingerprints
 from callhome.algorithms import LEGACY_NAMES
 from callhome.config.node import Node, kind
-from callhome.config.secrets import SecretReader
+from callhome.config.secrets import TLS_IDENTITY_KEYS, SecretReader
 from callhome.config.model import (
     DEFAULT_API_LISTEN,
     DEFAULT_STEP_TIMEOUT,
@@ -42,18 +42,20 @@ from callhome.config.model import (
     Device,
     NetconfSettings,
     Profile,
+    Credentials,
     SSHSettings,
     StepSpec,
     StoreSettings,
+    TlsSettings,
 )
 
 _CREDENTIAL_KEYS = (
     "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
     "private_key_passphrase_file", "password", "password_env", "password_file",
 )
-_PROFILE_KEYS = _CREDENTIAL_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout")
+_PROFILE_KEYS = _CREDENTIAL_KEYS + TLS_IDENTITY_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout")
 _TOP_KEYS = (
-    "listen", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
+    "listen", "listen_tls", "tls_trusted_ca", "tls", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
     "plugin_paths", "step_timeout", "store", "api", "shutdown_grace", "log",
     "workers",
@@ -125,11 +127,15 @@ class _Reader:
         if root.value is None:
             raise ConfigError("", f"{source} is empty")
         top = root.mapping(_TOP_KEYS)
-        if "listen" not in top:
-            raise ConfigError("listen", "missing: list at least one endpoint, e.g. tcp:4334")
-        listen = tuple(self.endpoint(n) for n in top["listen"].items())
-        if not listen:
-            raise ConfigError("listen", "must list at least one endpoint, e.g. tcp:4334")
+        if "listen" not in top and "listen_tls" not in top:
+            raise ConfigError("listen", "missing: list at least one endpoint, e.g. tcp:4334 (or listen_tls: tcp:4335)")
+        listen = tuple(self.endpoint(n) for n in top["listen"].items()) if "listen" in top else ()
+        listen_tls = tuple(self.endpoint(n) for n in top["listen_tls"].items()) if "listen_tls" in top else ()
+        if not listen and not listen_tls:
+            raise ConfigError("listen", "must list at least one endpoint, e.g. tcp:4334 (or listen_tls: tcp:4335)")
+        clash = set(listen) & set(listen_tls)
+        if clash:
+            raise ConfigError("listen_tls", f"{sorted(clash)[0]} is in listen too: one port serves one transport")
         results_dir = Path(top["results_dir"].text()) if "results_dir" in top else Path("var/results")
         state_dir = Path(top["state_dir"].text()) if "state_dir" in top else Path("var/state")
         plugin_paths = self.plugin_paths(top["plugin_paths"]) if "plugin_paths" in top else ()
@@ -149,14 +155,21 @@ class _Reader:
             if default_profile is None:
                 raise ConfigError("unknown_devices", "accept needs complete defaults (username, credentials, chain)")
             self.warn("unknown_devices", "accept: any device that calls is logged in with the default credentials (lab use only)")
-        devices = tuple(self.devices(top.get("devices", Node([], "devices")), defaults, group_fields, chains))
+        ssh_settings = self.ssh(top.get("ssh", Node({}, "ssh")))
+        tls_settings = self.tls(top, ssh_settings)
+        devices = tuple(self.devices(top.get("devices", Node([], "devices")), defaults, group_fields, chains,
+                                     tls_settings.trusted_ca_path is not None))
+        if listen_tls and not any(d.tls is not None for d in devices) and (default_profile is None or default_profile.tls is None):
+            self.warn("listen_tls", "no device, group or defaults set tls_certificate and tls_private_key: every TLS call will be refused")
         return Config(
             listen=listen,
             results_dir=results_dir,
             devices=devices,
             chains=chains,
             netconf=self.netconf(top.get("netconf", Node({}, "netconf"))),
-            ssh=self.ssh(top.get("ssh", Node({}, "ssh"))),
+            ssh=ssh_settings,
+            listen_tls=listen_tls,
+            tls=tls_settings,
             source=source,
             groups=groups,
             default_profile=default_profile,
@@ -172,6 +185,30 @@ class _Reader:
             workers=self.workers(top["workers"]) if "workers" in top else 1,
             plugin_paths=plugin_paths,
             warnings=tuple(self.warnings),
+        )
+
+    def tls(self, top: dict[str, Node], ssh: SSHSettings) -> TlsSettings:
+        """``tls_trusted_ca`` and the ``tls:`` section (probe defaults follow ssh keepalives)."""
+        trusted = None
+        if "tls_trusted_ca" in top and top["tls_trusted_ca"].value is not None:
+            node = top["tls_trusted_ca"]
+            trusted = node.text()
+            try:
+                with open(trusted, "rb") as f:
+                    bundle = f.read()
+            except OSError as e:
+                raise node.error(f"cannot read {trusted}: {e.strerror}") from None
+            from cryptography import x509
+
+            try:
+                x509.load_pem_x509_certificates(bundle)
+            except ValueError:
+                raise node.error(f"{trusted} holds no PEM certificate") from None
+        fields = top.get("tls", Node({}, "tls")).mapping(("probe_interval", "probe_max_missed"))
+        return TlsSettings(
+            trusted_ca_path=trusted,
+            probe_interval=fields["probe_interval"].number() if "probe_interval" in fields else ssh.keepalive_interval,
+            probe_max_missed=fields["probe_max_missed"].integer(1) if "probe_max_missed" in fields else ssh.keepalive_max_missed,
         )
 
     def workers(self, node: Node) -> int:
@@ -225,13 +262,18 @@ class _Reader:
             raise node.error(f"must map group names to settings, got {kind(node.value)}")
         return {str(name): Node(value, node.child_path(str(name))).mapping(_PROFILE_KEYS) for name, value in node.value.items()}
 
-    def profile(self, layers: list[dict[str, Node]], where: str, chains: Mapping[str, Any], required: bool = True) -> Profile | None:
+    def profile(
+        self, layers: list[dict[str, Node]], where: str, chains: Mapping[str, Any], required: bool = True,
+        ssh: bool = True, tls: bool = False,
+    ) -> Profile | None:
         """
         Resolve credentials, chain and legacy algorithms from C{layers}
         (device, group, defaults: the first that sets a key wins).
 
         @param required: if False, return None when something is missing
             instead of failing (groups and defaults may be partial).
+        @param ssh: the device calls over SSH (host_keys): SSH credentials are needed.
+        @param tls: the device calls over TLS: a TLS identity is needed.
         """
         def first(key: str) -> Node | None:
             return next((layer[key] for layer in layers if key in layer), None)
@@ -245,9 +287,12 @@ class _Reader:
         legacy_node = first("legacy_algorithms")
         legacy = self.legacy(legacy_node) if legacy_node is not None else frozenset()
         credentials = self.secrets.credentials(layers, where, username_node)
-        if credentials is None:
+        tls_identity = self.secrets.tls_identity(layers, where)
+        if tls and tls_identity is None:
+            missing("no TLS identity: set tls_certificate and tls_private_key (here, in its group or in defaults)")
+        if credentials is None and (ssh or tls_identity is None):
             missing("no credentials: set private_key or a password (here, in its group or in defaults)")
-        if username_node is None:
+        if username_node is None and (ssh or tls_identity is None):
             missing("no username: set username here, in its group or in defaults")
         if chain_node is None:
             missing("no chain: set chain here, in its group or in defaults")
@@ -269,9 +314,14 @@ class _Reader:
                 raise notification_node.error(f"no chain named {on_notification!r}")
         idle_node = first("idle_timeout")
         idle = idle_node.number() if idle_node is not None else None
-        if credentials is None or username_node is None or chain_node is None:
+        if chain_node is None or (tls and tls_identity is None):
             return None
-        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle)
+        if credentials is None or username_node is None:
+            if tls_identity is None or (ssh and required):
+                return None
+            # TLS only: the device maps our certificate to a user; no SSH login.
+            credentials = Credentials(username=username_node.text() if username_node is not None else "")
+        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle, tls_identity)
 
     def legacy(self, node: Node) -> frozenset[str]:
         names = set()
@@ -393,10 +443,13 @@ class _Reader:
             raise ConfigError(node.child_path("on_error"), "must be stop or continue")
         return StepSpec(name=name, params=dict(params), timeout=timeout, on_error=on_error, path=params_node.path)
 
-    def devices(self, node: Node, defaults: dict[str, Node], groups: dict[str, dict[str, Node]], chains: Mapping[str, Any]) -> Iterator[Device]:
+    def devices(
+        self, node: Node, defaults: dict[str, Node], groups: dict[str, dict[str, Node]], chains: Mapping[str, Any],
+        have_ca: bool = False,
+    ) -> Iterator[Device]:
         names: dict[str, str] = {}
         owners: dict[str, str] = {}
-        allowed = ("name", "host_keys", "group") + _PROFILE_KEYS
+        allowed = ("name", "host_keys", "certificates", "tls_names", "group") + _PROFILE_KEYS
         for device_node in node.items():
             fields = device_node.mapping(allowed)
             if "name" not in fields:
@@ -409,10 +462,13 @@ class _Reader:
             if name in names:
                 raise fields["name"].error(f"duplicate device name, also at {names[name]}")
             names[name] = fields["name"].path
-            if "host_keys" not in fields:
-                raise device_node.error("missing host_keys: the device is known only by its SSH host key")
+            if not any(k in fields for k in ("host_keys", "certificates", "tls_names")):
+                raise device_node.error(
+                    "missing host_keys: the device is known only by its SSH host key "
+                    "(or, calling over TLS, by its certificates or tls_names)"
+                )
             host_keys = set()
-            for entry in fields["host_keys"].items():
+            for entry in (fields["host_keys"].items() if "host_keys" in fields else []):
                 try:
                     fp = fingerprints.from_entry(entry.text())
                 except fingerprints.FingerprintError as e:
@@ -421,8 +477,33 @@ class _Reader:
                     raise entry.error(f"host key {fp} is already listed for device {owners[fp]!r}")
                 owners[fp] = name
                 host_keys.add(fp)
-            if not host_keys:
+            if "host_keys" in fields and not host_keys:
                 raise fields["host_keys"].error("must list at least one host key")
+            certificates = set()
+            for entry in (fields["certificates"].items() if "certificates" in fields else []):
+                try:
+                    fp = fingerprints.normalise_certificate(entry.text())
+                except fingerprints.FingerprintError as e:
+                    raise entry.error(str(e)) from None
+                if fp in owners and owners[fp] != name:
+                    raise entry.error(f"certificate {fp} is already listed for device {owners[fp]!r}")
+                owners[fp] = name
+                certificates.add(fp)
+            if "certificates" in fields and not certificates:
+                raise fields["certificates"].error("must list at least one certificate fingerprint")
+            tls_names: list[str] = []
+            if "tls_names" in fields:
+                if not have_ca:
+                    raise fields["tls_names"].error(
+                        "needs tls_trusted_ca: names identify a device only in a certificate a trusted CA issued")
+                tls_names = [entry.text() for entry in fields["tls_names"].items()]
+                if not tls_names:
+                    raise fields["tls_names"].error("must list at least one name")
+                for index, tls_name in enumerate(tls_names):
+                    if tls_name in owners and owners[tls_name] != name:
+                        raise ConfigError(fields["tls_names"].child_path(index),
+                                          f"name {tls_name!r} is already listed for device {owners[tls_name]!r}")
+                    owners[tls_name] = name
             group = None
             layers = [fields]
             if "group" in fields:
@@ -432,6 +513,7 @@ class _Reader:
                     raise fields["group"].error(f"no group named {group!r} (groups: {known})")
                 layers.append(groups[group])
             layers.append(defaults)
-            profile = self.profile(layers, device_node.path, chains)
+            profile = self.profile(layers, device_node.path, chains, ssh=bool(host_keys),
+                                   tls=bool(certificates or tls_names))
             assert profile is not None
-            yield Device.from_profile(name, frozenset(host_keys), profile, group)
+            yield Device.from_profile(name, frozenset(host_keys), profile, group, frozenset(certificates), tuple(tls_names))

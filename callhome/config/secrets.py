@@ -12,8 +12,15 @@ from typing import Callable, Mapping
 
 from twisted.conch.ssh import keys
 
-from callhome.config.model import Credentials
+from callhome import fingerprints
+from callhome.config.model import Credentials, TlsIdentity
 from callhome.config.node import Node
+
+#: the keys of a TLS identity at defaults, group or device level.
+TLS_IDENTITY_KEYS = (
+    "tls_certificate", "tls_private_key", "tls_private_key_passphrase",
+    "tls_private_key_passphrase_env", "tls_private_key_passphrase_file",
+)
 
 
 class SecretReader:
@@ -28,6 +35,7 @@ class SecretReader:
         self.warn = warn
         # Parse each key file once even when many devices share it.
         self._keys: dict[tuple[str, str | None], keys.Key] = {}
+        self._tls: dict[tuple[str, str, str | None], TlsIdentity] = {}
 
     def credentials(self, layers: list[dict[str, Node]], where: str, username_node: Node | None) -> Credentials | None:
         """The credentials C{layers} give, or None if they give none."""
@@ -111,3 +119,73 @@ class SecretReader:
         self.check_private_file(node, path)
         self._keys[cache_key] = key
         return key
+
+    def tls_identity(self, layers: list[dict[str, Node]], where: str) -> TlsIdentity | None:
+        """
+        The certificate chain and key the manager presents on TLS calls,
+        from the first layer that sets any of them (device, group, defaults).
+
+        @raises ConfigError: a file is missing or unreadable, the key is
+            encrypted without a passphrase, or key and certificate differ.
+        """
+        fields: dict[str, Node] = {}
+        for layer in layers:
+            fields = {k: layer[k] for k in TLS_IDENTITY_KEYS if k in layer}
+            if fields:
+                break
+        if not fields:
+            return None
+        if "tls_certificate" not in fields or "tls_private_key" not in fields:
+            present = next(iter(fields.values()))
+            missing = "tls_private_key" if "tls_certificate" in fields else "tls_certificate"
+            raise present.error(f"set {missing} too: a TLS identity is a certificate and its private key")
+        passphrase = self.secret(fields, "tls_private_key_passphrase")
+        cert_node, key_node = fields["tls_certificate"], fields["tls_private_key"]
+        cache_key = (os.path.abspath(cert_node.text()), os.path.abspath(key_node.text()), passphrase)
+        if cache_key not in self._tls:
+            self._tls[cache_key] = self._read_tls_identity(cert_node, key_node, passphrase)
+        return self._tls[cache_key]
+
+    def _read_tls_identity(self, cert_node: Node, key_node: Node, passphrase: str | None) -> TlsIdentity:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        cert_path, key_path = cert_node.text(), key_node.text()
+        chain_pem = self._read(cert_node, cert_path)
+        try:
+            chain = x509.load_pem_x509_certificates(chain_pem)
+        except ValueError:
+            raise cert_node.error(f"{cert_path} holds no PEM certificate") from None
+        key_pem = self._read(key_node, key_path)
+        try:
+            key = serialization.load_pem_private_key(key_pem, passphrase.encode("utf-8") if passphrase else None)
+        except TypeError:
+            # cryptography: "Password was not given but private key is encrypted" (or the reverse).
+            if passphrase:
+                raise key_node.error(f"{key_path} is not encrypted: remove tls_private_key_passphrase") from None
+            raise key_node.error(f"{key_path} is encrypted: set tls_private_key_passphrase(_env/_file)") from None
+        except (ValueError, serialization.UnsupportedAlgorithm) as e:
+            hint = " or the passphrase is wrong" if passphrase else ""
+            raise key_node.error(f"{key_path} is not a usable PEM private key{hint} ({type(e).__name__})") from None
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        encoding = serialization.Encoding.PEM
+        if key.public_key().public_bytes(encoding, public) != chain[0].public_key().public_bytes(encoding, public):
+            raise key_node.error(f"{key_path} is not the private key of the certificate in {cert_path}")
+        self.check_private_file(key_node, key_path)
+        clear = key.private_bytes(encoding, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return TlsIdentity(
+            certificate_path=cert_path,
+            certificate_pem=b"".join(c.public_bytes(encoding) for c in chain),
+            private_key_pem=clear,
+            fingerprint=fingerprints.of_certificate(chain[0].public_bytes(serialization.Encoding.DER)),
+        )
+
+    @staticmethod
+    def _read(node: Node, path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise node.error(f"no such file: {path}") from None
+        except OSError as e:
+            raise node.error(f"cannot read {path}: {e.strerror}") from None
