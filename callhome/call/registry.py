@@ -68,6 +68,8 @@ class PendingDevice:
     last_seen: float
     last_source: str
     times_seen: int = 1
+    #: an unknown certificate: its subject, issuer and validity (ISO 8601), as JSON text.
+    certificate: str | None = None
 
 
 @dataclass
@@ -112,7 +114,7 @@ def check_enrollment(config: Config, enrollment: Enrollment, taken: dict[str, st
 
     @param taken: fingerprint -> device name of every device already known.
     """
-    fp = fingerprints.normalise(enrollment.fingerprint)
+    fp = fingerprints.normalise_any(enrollment.fingerprint)
     if not DEVICE_NAME.match(enrollment.name):
         raise EnrollmentError(f"{enrollment.name!r} is not a valid device name (letters, digits, . _ -)")
     if fp in taken:
@@ -129,6 +131,10 @@ def check_enrollment(config: Config, enrollment: Enrollment, taken: dict[str, st
         profile = config.default_profile
         if profile is None:
             raise EnrollmentError("defaults have no complete credentials and chain: approve into a --group")
+    if fingerprints.is_certificate(fp):  # a TLS device, known by its certificate
+        if profile.tls is None:
+            raise EnrollmentError("a certificate needs a TLS identity (tls_certificate, tls_private_key) in its group or defaults")
+        return Device.from_profile(enrollment.name, frozenset(), profile, enrollment.group, certificates=frozenset([fp]))
     return Device.from_profile(enrollment.name, frozenset([fp]), profile, enrollment.group)
 
 
@@ -196,8 +202,12 @@ class Registry:
                 return device
         return None
 
-    def quarantine(self, fingerprint: str, key_type: str, source: str) -> PendingDevice:
-        """Record an unknown host key for an operator to approve."""
+    def quarantine(self, fingerprint: str, key_type: str, source: str, certificate: dict[str, Any] | None = None) -> PendingDevice:
+        """
+        Record an unknown host key (or certificate) for an operator to approve.
+
+        @param certificate: an unknown certificate's subject, issuer and validity.
+        """
         now = self.clock.seconds()
         pending = self.pending.get(fingerprint)
         if pending is None:
@@ -206,15 +216,20 @@ class Registry:
                 oldest = min(self.pending.values(), key=lambda p: p.last_seen).fingerprint
                 del self.pending[oldest]
                 self._dirty_pending.add(oldest)
-            pending = self.pending[fingerprint] = PendingDevice(fingerprint, key_type, now, now, source)
+            pending = self.pending[fingerprint] = PendingDevice(
+                fingerprint, key_type, now, now, source,
+                certificate=json.dumps(certificate, sort_keys=True) if certificate else None,
+            )
             self.log.warn(
                 "quarantined unknown device {fingerprint} ({key_type}) from {source}; "
                 "approve with: callhome approve {fingerprint} NAME",
                 fingerprint=fingerprint, key_type=key_type, source=source,
             )
             if self.store is not None:
-                self.store.add_event("quarantine", f"unknown host key {fingerprint} ({key_type}) from {source} quarantined",
-                                     data={"fingerprint": fingerprint, "key_type": key_type, "source": source})
+                what = "certificate" if certificate else "host key"
+                self.store.add_event("quarantine", f"unknown {what} {fingerprint} ({key_type}) from {source} quarantined",
+                                     data={"fingerprint": fingerprint, "key_type": key_type, "source": source,
+                                           **({"certificate": certificate} if certificate else {})})
         else:
             pending.last_seen, pending.last_source = now, source
             pending.times_seen += 1
@@ -249,7 +264,7 @@ class Registry:
             unknown, or the key already belongs to a device.
         @raises fingerprints.FingerprintError: if C{fingerprint} is malformed.
         """
-        fp = fingerprints.normalise(fingerprint)
+        fp = fingerprints.normalise_any(fingerprint)
         enrollment = Enrollment(fp, name, group, self.clock.seconds())
         device = self._enroll(enrollment)
         if self.store is not None:
@@ -261,7 +276,7 @@ class Registry:
     def _enroll(self, enrollment: Enrollment) -> Device:
         taken = {f: d.name for f, d in self._by_fingerprint.items()}
         device = check_enrollment(self.config, enrollment, taken)
-        fp = next(iter(device.host_keys))
+        fp = next(iter(device.identities))
         self._by_fingerprint[fp] = device
         self.enrollments[fp] = enrollment
         if self.pending.pop(fp, None) is not None:
@@ -296,7 +311,7 @@ class Registry:
                 enrollment = Enrollment(**raw)
                 if not isinstance(enrollment.name, str) or not isinstance(enrollment.fingerprint, str) or not isinstance(enrollment.group, (str, type(None))):
                     raise TypeError("fingerprint, name and group must be text")
-                enrollment.fingerprint = fingerprints.normalise(enrollment.fingerprint)
+                enrollment.fingerprint = fingerprints.normalise_any(enrollment.fingerprint)
             except (TypeError, fingerprints.FingerprintError) as e:
                 self.log.error("ignoring a bad entry in {file}: {error}", file=where, error=e)
                 continue

@@ -148,6 +148,7 @@ class SecretReader:
 
     def _read_tls_identity(self, cert_node: Node, key_node: Node, passphrase: str | None) -> TlsIdentity:
         from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives import serialization
 
         cert_path, key_path = cert_node.text(), key_node.text()
@@ -164,7 +165,7 @@ class SecretReader:
             if passphrase:
                 raise key_node.error(f"{key_path} is not encrypted: remove tls_private_key_passphrase") from None
             raise key_node.error(f"{key_path} is encrypted: set tls_private_key_passphrase(_env/_file)") from None
-        except (ValueError, serialization.UnsupportedAlgorithm) as e:
+        except (ValueError, UnsupportedAlgorithm) as e:
             hint = " or the passphrase is wrong" if passphrase else ""
             raise key_node.error(f"{key_path} is not a usable PEM private key{hint} ({type(e).__name__})") from None
         public = serialization.PublicFormat.SubjectPublicKeyInfo

@@ -375,12 +375,14 @@ class ControlPlane:
     # --- quarantine --------------------------------------------------------------------
 
     def quarantine(self) -> list[dict[str, Any]]:
-        """Unknown host keys waiting for an operator, oldest first."""
+        """Unknown host keys and certificates waiting for an operator, oldest first."""
         pending = sorted(self.manager.registry.pending.values(), key=lambda p: p.first_seen)
         return [
             {
                 "fingerprint": p.fingerprint, "key_type": p.key_type, "first_seen": iso(p.first_seen),
                 "last_seen": iso(p.last_seen), "source": p.last_source, "times_seen": p.times_seen,
+                # An unknown certificate also says whose it claims to be.
+                **({"certificate": json.loads(p.certificate)} if p.certificate else {}),
             }
             for p in pending
         ]
@@ -389,7 +391,7 @@ class ControlPlane:
         """Enroll a quarantined key as a device (in every process)."""
         registry = self.manager.registry
         try:
-            fp = fingerprints.normalise(fingerprint)
+            fp = fingerprints.normalise_any(fingerprint)
         except fingerprints.FingerprintError as e:
             raise InvalidRequest(f"fingerprint: {e}") from None
         if fp not in registry.pending:

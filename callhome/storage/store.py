@@ -70,6 +70,11 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (3, (
         "ALTER TABLE results ADD COLUMN missing REAL",
     )),
+    # 4: an unknown TLS certificate is quarantined with its subject, issuer
+    # and validity (JSON), beside unknown host keys.
+    (4, (
+        "ALTER TABLE quarantine ADD COLUMN certificate TEXT",
+    )),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -267,9 +272,9 @@ class Store:
     def put_quarantined(self, pending: dict[str, Any]) -> None:
         """Insert or replace a quarantined host key."""
         self._queue(
-            "INSERT OR REPLACE INTO quarantine (fingerprint, key_type, first_seen, last_seen, last_source, times_seen)"
-            " VALUES (:fingerprint, :key_type, :first_seen, :last_seen, :last_source, :times_seen)",
-            pending,
+            "INSERT OR REPLACE INTO quarantine (fingerprint, key_type, first_seen, last_seen, last_source, times_seen, certificate)"
+            " VALUES (:fingerprint, :key_type, :first_seen, :last_seen, :last_source, :times_seen, :certificate)",
+            {"certificate": None, **pending},
         )
 
     def drop_quarantined(self, fingerprint: str) -> None:

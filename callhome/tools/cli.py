@@ -312,7 +312,7 @@ def approve_offline(config_path: str, fingerprint: str, name: str, group: str | 
 
     try:
         config = config_module.load(config_path)
-        fp = fingerprints.normalise(fingerprint)
+        fp = fingerprints.normalise_any(fingerprint)
     except (config_module.ConfigError, fingerprints.FingerprintError) as e:
         raise CliError(str(e), 2) from None
     path = config.state_dir / ENROLLED_FILE
