@@ -34,9 +34,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.calls_accepted = Counter("callhome_calls_accepted", "Connections admitted for an SSH handshake", registry=r)
+        self.calls_accepted = Counter("callhome_calls_accepted", "Connections admitted for a handshake, by transport (ssh, tls)", ["transport"], registry=r)
         self.calls_refused = Counter("callhome_calls_refused", "Calls refused, by reason", ["reason"], registry=r)
-        self.calls_finished = Counter("callhome_calls_finished", "Calls ended, by outcome", ["outcome"], registry=r)
+        self.calls_finished = Counter("callhome_calls_finished", "Calls ended, by outcome and transport (ssh, tls)", ["outcome", "transport"], registry=r)
         self.auth_failures = Counter("callhome_auth_failures", "Calls whose SSH login failed", registry=r)
         self.rpcs = Counter("callhome_rpcs", "NETCONF RPCs sent, by operation and outcome", ["operation", "outcome"], registry=r)
         self.rpc_latency = Histogram(

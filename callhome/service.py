@@ -43,10 +43,20 @@ from callhome.metrics import Metrics
 from callhome.reactor import IServiceReactor
 from callhome.call.registry import Registry
 from callhome.storage.store import Store
+from callhome.tls.factory import TlsCalls
 from callhome.workers.supervisor import WorkerPool
 
 #: seconds between retention passes over the store.
 RETENTION_INTERVAL = 3600.0
+
+#: the prefix of a TLS listener's key in L{CallHomeService.listeners} (and in
+#: the sockets workers inherit): "tls tcp:4335".  A space: no endpoint has one.
+TLS_KEY = "tls "
+
+
+def listener_keys(config: Config) -> list[str]:
+    """Every call-home listener a config asks for: ``listen`` as written, ``listen_tls`` prefixed with L{TLS_KEY}."""
+    return [*config.listen, *(TLS_KEY + d for d in config.listen_tls)]
 
 
 class EndpointListener(Service):
@@ -156,6 +166,9 @@ class CallHomeService(MultiService):
         registry = Registry(config, reactor, store=self.store, snapshot=snapshot)
         self.manager = Manager(config, reactor, registry=registry, store=self.store, metrics=self.metrics, chains=chains)
         self.factory = CallHomeFactory(self.manager)
+        #: TLS calls (``listen_tls``), built with the config's identities.
+        self.tls_calls = TlsCalls(self.manager)
+        self.tls_factory = CallHomeFactory(self.manager, self.tls_calls, transport="tls")
         for warning in config.warnings:
             self.log.warn("config: {warning}", warning=warning)
         # Registry upkeep: pick up approvals, write status, forget old blocks.
@@ -163,8 +176,8 @@ class CallHomeService(MultiService):
         if worker is None:  # the main process prunes for every process
             self._timer(RETENTION_INTERVAL, self._retention)
         self.listeners: dict[str, EndpointListener] = {}
-        for description in config.listen:
-            self._add_listener(description)
+        for key in listener_keys(config):
+            self._add_listener(key)
         #: the operations the API and the worker link expose.
         self.control = ControlPlane(self.manager, self.store, self.metrics, service=self)
         self.pool: WorkerPool | None = None
@@ -185,17 +198,21 @@ class CallHomeService(MultiService):
         timer.clock = self.reactor
         timer.setServiceParent(self)
 
-    def _listener(self, description: str) -> EndpointListener:
-        factory: IProtocolFactory = self.factory
+    def _listener(self, key: str) -> EndpointListener:
+        """The listener for a L{listener_keys} entry: an SSH or (prefixed) a TLS endpoint."""
+        tls = key.startswith(TLS_KEY)
+        description = key[len(TLS_KEY):] if tls else key
+        calls = self.tls_factory if tls else self.factory
+        factory: IProtocolFactory = calls
         inner = description
         if description.startswith("haproxy:"):
             # Our own PROXY wrapper: admission by the device's address.
             inner = description[len("haproxy:"):]
-            factory = ProxiedCallFactory(self.manager)
+            factory = ProxiedCallFactory(self.manager, calls)
         if self.worker is not None:
-            return AdoptedListener(description, self.worker.inherited[description], self.reactor, factory)
+            return AdoptedListener(key, self.worker.inherited[key], self.reactor, factory)
         endpoint = serverFromString(self.reactor, with_backlog(inner))
-        return EndpointListener(description, endpoint, factory)
+        return EndpointListener(key, endpoint, factory)
 
     def _add_listener(self, description: str) -> EndpointListener:
         listener = self._listener(description)
@@ -319,8 +336,9 @@ class CallHomeService(MultiService):
         except OSError as e:
             raise self._refused(f"cannot read {self.config.source}: {e.strerror}") from None
         old = self.config
-        added = [d for d in new.listen if d not in self.listeners]
-        removed = [d for d in self.listeners if d not in new.listen]
+        wanted = listener_keys(new)
+        added = [d for d in wanted if d not in self.listeners]
+        removed = [d for d in self.listeners if d not in wanted]
         processes = old.workers > 1 or self.worker is not None
         if processes:
             # The worker processes inherited the listening sockets when they
@@ -350,12 +368,13 @@ class CallHomeService(MultiService):
         self.config = new
         logs.set_level(new.log_level)
         self.manager.reconfigure(new, chains)
+        self.tls_calls.reconfigure(new)
         restart = [
             key for key, changed in (
                 ("api", old.api != new.api),
                 ("store.database", old.store.database != new.store.database),
                 ("log", old.log_format != new.log_format),
-                ("listen", processes and list(old.listen) != list(new.listen)),
+                ("listen", processes and listener_keys(old) != listener_keys(new)),
                 ("workers", old.workers != new.workers),
             ) if changed
         ]

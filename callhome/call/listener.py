@@ -1,15 +1,18 @@
 """
-The call-home listener: a ServerFactory whose protocol is an SSH *client*.
+The call-home listener: a ServerFactory whose protocol is a *client*: an
+SSH client on ``listen:`` endpoints, a TLS client on ``listen_tls:`` ones.
 
-Each ``listen:`` entry is a Twisted server endpoint string, so ``tcp:4334``,
+Each entry is a Twisted server endpoint string, so ``tcp:4334``,
 ``tcp6:port=4334:interface=\\:\\:`` and ``haproxy:tcp:4334`` (PROXY protocol)
-all work through ``serverFromString``.
+all work through ``serverFromString``.  The listener admits the
+connection and asks its C{calls} builder for the call: the transport is
+chosen here, by the port the device dialled, and nowhere else.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -23,32 +26,44 @@ from twisted.python.failure import Failure
 
 from callhome.call.manager import Manager
 
+#: Builds the protocol of one admitted call (and tracks the call).
+CallBuilder = Callable[[], Protocol]
+
 #: A reconnect storm overflows the kernel's default accept queue of 50.
 DEFAULT_BACKLOG = 1024
 
 
 class CallHomeFactory(ServerFactory):
-    """Builds one L{CallHomeTransport} per accepted call."""
+    """
+    Builds one call per accepted connection: by default an SSH call
+    (L{callhome.ssh.transport.CallHomeTransport}); with C{calls} and
+    C{transport} set, whatever that builder makes (a TLS call).
+    """
 
     # The service logs where it listens; Twisted's "Starting factory" line
     # would be an info line that log.level cannot silence.
     noisy = False
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, calls: CallBuilder | None = None, transport: str = "ssh") -> None:
         self.manager = manager
+        self.transport = transport
+        self.calls: CallBuilder = calls if calls is not None else self._ssh_call
+
+    def _ssh_call(self) -> Protocol:
+        call = self.manager.new_call()
+        call.factory = self
+        return call
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
-        A new call: we are the SSH client on it (RFC 8071 §3.1 C1-C3).
+        A new call: we are the client on it (RFC 8071 §3.1 C1-C3, §4.1 S1-S3).
         A call admission refuses gets a protocol that hangs up at once (not
         None: wrapping factories such as haproxy's cannot handle None).
         """
         source = getattr(addr, "host", str(addr))
-        if not self.manager.admit(source):
+        if not self.manager.admit(source, self.transport):
             return Refused()
-        call = self.manager.new_call()
-        call.factory = self
-        return call
+        return self.calls()
 
 
 class Refused(Protocol):
@@ -117,13 +132,13 @@ class ProxiedCall(ProtocolWrapper):
             self._header_timer.cancel()
         source = header_parser.getPeer()
         manager = self.factory.manager
-        if not manager.admit(getattr(source, "host", str(source))):
+        calls = self.factory.wrappedFactory
+        if not manager.admit(getattr(source, "host", str(source)), calls.transport):
             assert self.transport is not None  # set by makeConnection
             self.transport.loseConnection()
             return
         self._admitted = True
-        call = manager.new_call()
-        call.factory = self.factory
+        call = calls.calls()
         self.wrappedProtocol = call
         call.makeConnection(self)
         if captured:
@@ -162,9 +177,10 @@ class ProxiedCallFactory(WrappingFactory[ProxiedCall]):
 
     protocol = ProxiedCall
     noisy = False
+    wrappedFactory: CallHomeFactory
 
-    def __init__(self, manager: Manager) -> None:
-        super().__init__(CallHomeFactory(manager))
+    def __init__(self, manager: Manager, calls: CallHomeFactory | None = None) -> None:
+        super().__init__(calls if calls is not None else CallHomeFactory(manager))
         self.manager = manager
 
     def buildProtocol(self, addr: IAddress | None) -> ProxiedCall:

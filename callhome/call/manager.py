@@ -34,7 +34,9 @@ from callhome.storage.results import ResultsWriter, SavedFile
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.netconf.session import NetconfSession
+    from callhome.call.connection import CallConnection
     from callhome.ssh.transport import CallHomeTransport
+    from callhome.tls.certificates import PeerCertificate
     from callhome.storage.store import Store
 
 class Cluster(Protocol):
@@ -43,7 +45,7 @@ class Cluster(Protocol):
     device has one session across all of them.
     """
 
-    def claim(self, device: str, call: "CallHomeTransport") -> bool:
+    def claim(self, device: str, call: "CallConnection") -> bool:
         """A call of C{device} was identified here: False refuses it (a duplicate elsewhere)."""
 
     def release(self, device: str, call_id: str) -> None:
@@ -86,8 +88,8 @@ class Manager:
         self.results.on_saved = self._saved
         self.registry = registry or Registry(config, clock, store=store)
         self.admission = Admission(config.admission, clock)
-        self.active: set["CallHomeTransport"] = set()
-        self.sessions: dict[str, "CallHomeTransport"] = {}
+        self.active: set["CallConnection"] = set()
+        self.sessions: dict[str, "CallConnection"] = {}
         self.running: set[defer.Deferred[Any]] = set()
         self._drain_waiters: list[defer.Deferred[None]] = []
         self.cluster: Cluster | None = None
@@ -139,7 +141,7 @@ class Manager:
         if self.store is not None:
             self.store.add_event(kind, message, device, data or None, self.clock.seconds())
 
-    def disconnect(self, call: "CallHomeTransport", reason: str) -> defer.Deferred[Any]:
+    def disconnect(self, call: "CallConnection", reason: str) -> defer.Deferred[Any]:
         """Close a call's session politely (close-session), recording why."""
         if call.call is not None:
             call.call.end(Outcome.DISCONNECTED, reason)
@@ -160,18 +162,18 @@ class Manager:
 
     # --- admission -------------------------------------------------------------------
 
-    def admit(self, source: str) -> bool:
+    def admit(self, source: str, transport: str = "ssh") -> bool:
         """Whether to take a new connection from C{source} (counted if not)."""
         refused = self.admission.admit(source)
         if refused is None:
-            self.metrics.calls_accepted.inc()
+            self.metrics.calls_accepted.labels(transport).inc()
             return True
         self.metrics.calls_refused.labels(refused).inc()
         return False
 
     def new_call(self) -> "CallHomeTransport":
-        """The transport for a new, admitted connection (tracked from now on)."""
-        from callhome.ssh.transport import CallHomeTransport
+        """An SSH call for a new, admitted connection (tracked from now on)."""
+        from callhome.call.connection import CallConnection
 
         call = CallHomeTransport(
             self, self.config.ssh.handshake_timeout,
@@ -180,17 +182,29 @@ class Manager:
         self.active.add(call)
         return call
 
+    def track_call(self, call: "CallConnection") -> None:
+        """Track a new, admitted call of any transport (see L{new_call} for SSH)."""
+        self.active.add(call)
+
     # --- CallHandler ----------------------------------------------------------------
 
     def lookup(self, fingerprint: str) -> Device | None:
-        """The device whose host key has this fingerprint (no side effects)."""
+        """The device whose host key (or certificate) has this fingerprint (no side effects)."""
         return self.registry.identify(fingerprint)
+
+    def lookup_tls_name(self, certificate: "PeerCertificate") -> Device | None:
+        """
+        The device whose ``tls_names`` a (CA-issued) certificate carries, if
+        exactly one does; several would make the identity ambiguous.
+        """
+        found = [d for d in self.registry.devices() if d.tls_names and certificate.carries(d.tls_names)]
+        return found[0] if len(found) == 1 else None
 
     def may_prove_unknown(self) -> bool:
         """Quarantine and accept need an unknown key to prove itself first."""
         return self.config.unknown_devices != "reject"
 
-    def refuse_unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> None:
+    def refuse_unknown(self, call: "CallConnection", fingerprint: str, key_type: str) -> None:
         """unknown_devices: reject: log the key; nothing else happens."""
         record = call.call
         assert record is not None
@@ -200,16 +214,19 @@ class Manager:
             peer=record.peer, fingerprint=fingerprint, key_type=key_type,
         )
 
-    def identify(self, call: "CallHomeTransport", fingerprint: str, key_type: str, device: Device | None) -> Device | None:
+    def identify(
+        self, call: "CallConnection", fingerprint: str, key_type: str, device: Device | None,
+        certificate: "PeerCertificate | None" = None,
+    ) -> Device | None:
         """
-        The device proved its host key: apply the policies for unknown
-        devices (quarantine, accept) and duplicate sessions.  Called before
-        any credential is sent.
+        The device proved its host key (or, over TLS, its certificate's
+        key): apply the policies for unknown devices (quarantine, accept)
+        and duplicate sessions.  Called before any credential is sent.
         """
         record = call.call
         assert record is not None
         if device is None:
-            device = self._unknown(call, fingerprint, key_type)
+            device = self._unknown(call, fingerprint, key_type, certificate)
             if device is None:
                 return None
         current = self.sessions.get(device.name)
@@ -232,7 +249,7 @@ class Manager:
         self.registry.transition(device, "connecting", source=record.peer, fingerprint=fingerprint)
         return device
 
-    def replace(self, current: "CallHomeTransport") -> None:
+    def replace(self, current: "CallConnection") -> None:
         """duplicate_sessions: replace: close this (older) session of a device that called again."""
         if current.call is not None:
             current.call.end(Outcome.REPLACED, "replaced by a new call from the same device")
@@ -241,10 +258,12 @@ class Manager:
         else:
             current.hang_up()
 
-    def _unknown(self, call: "CallHomeTransport", fingerprint: str, key_type: str) -> Device | None:
-        """A proved but unknown key: quarantine it, or accept it (lab)."""
+    def _unknown(self, call: "CallConnection", fingerprint: str, key_type: str, certificate: "PeerCertificate | None" = None) -> Device | None:
+        """A proved but unknown key (or certificate): quarantine it, or accept it (lab)."""
         record = call.call
         assert record is not None
+        if certificate is not None:
+            return self._unknown_certificate(call, certificate)
         if self.config.unknown_devices == "accept":
             assert self.config.default_profile is not None
             name = "unknown-" + re.sub(r"[^A-Za-z0-9]", "", fingerprint[len("SHA256:"):])[:16]
@@ -262,11 +281,36 @@ class Manager:
         )
         return None
 
+    def _unknown_certificate(self, call: "CallConnection", certificate: "PeerCertificate") -> Device | None:
+        """An unknown TLS certificate: quarantined with who it says it is, or accepted (lab)."""
+        record = call.call
+        assert record is not None
+        fingerprint = certificate.fingerprint
+        if self.config.unknown_devices == "accept":
+            profile = self.config.default_profile
+            if profile is None or profile.tls is None:
+                record.end(Outcome.UNKNOWN_CERTIFICATE, "unknown certificate (unknown_devices: accept, but defaults have no TLS identity)")
+                return None
+            name = "unknown-" + fingerprint.replace(":", "")[:16].lower()
+            self.log.warn(
+                "accepting unknown certificate {fingerprint} ({subject}) from {peer} as {name} (unknown_devices: accept)",
+                fingerprint=fingerprint, subject=certificate.subject, peer=record.peer, name=name,
+            )
+            return Device.from_profile(name, frozenset(), profile, certificates=frozenset([fingerprint]))
+        record.end(Outcome.UNKNOWN_CERTIFICATE, f"unknown certificate (quarantined; subject {certificate.subject})")
+        self.registry.quarantine(fingerprint, certificate.key_type, record.peer, certificate=certificate.summary())
+        self.log.warn(
+            "refused TLS call from {peer}: unknown certificate {fingerprint} ({subject}, issued by {issuer}) "
+            "quarantined; nothing sent",
+            peer=record.peer, fingerprint=fingerprint, subject=certificate.subject, issuer=certificate.issuer,
+        )
+        return None
+
     def netconf_settings(self, device: Device) -> NetconfSettings:
         """The NETCONF settings for a device's session."""
         return self.config.netconf
 
-    def authenticated(self, call: "CallHomeTransport") -> None:
+    def authenticated(self, call: "CallConnection") -> None:
         """A call logged in: no longer pending admission."""
         assert call.call is not None
         self.admission.authenticated(call.call.source)
@@ -289,7 +333,7 @@ class Manager:
     def _step_done(self, outcome: StepOutcome) -> None:
         self.metrics.chain_steps.labels(outcome.action, "ok" if outcome.ok else "error").inc()
 
-    def session_ready(self, call: "CallHomeTransport", session: "NetconfSession") -> None:
+    def session_ready(self, call: "CallConnection", session: "NetconfSession") -> None:
         """
         Run the device's chain; then close the session (periodic mode) or
         keep it with keepalives running (persistent mode).
@@ -338,13 +382,17 @@ class Manager:
 
         chain.addBoth(untrack)
 
-    def _keep(self, call: "CallHomeTransport", session: "NetconfSession", device: Device) -> None:
+    def _keep(self, call: "CallConnection", session: "NetconfSession", device: Device) -> None:
         """Persistent mode: keepalives, and the idle timeout if the device has one."""
-        ssh = self.config.ssh
-        call.start_keepalive(ssh.keepalive_interval, ssh.keepalive_max_missed)
+        record = call.call
+        if record is not None and record.transport == "tls":
+            interval, missed = self.config.tls.probe_interval, self.config.tls.probe_max_missed
+        else:
+            interval, missed = self.config.ssh.keepalive_interval, self.config.ssh.keepalive_max_missed
+        call.start_keepalive(interval, missed)
         self.log.info(
             "persistent session with {device} open (keepalive every {interval:g}s)",
-            device=device.name, interval=ssh.keepalive_interval,
+            device=device.name, interval=interval,
         )
         self.event("session-open", f"persistent session with {device.name} open", device.name,
                     session=call.call.id if call.call else None)
@@ -381,7 +429,7 @@ class Manager:
         context.notification = root
         self.track(run_chain(chains[device.on_notification], context, self.clock))
 
-    def call_ended(self, call: "CallHomeTransport") -> None:
+    def call_ended(self, call: "CallConnection") -> None:
         """Log the call's one line, count its outcome, update the device's status."""
         self.active.discard(call)
         self.bytes_received_closed += call.bytes_received
@@ -390,7 +438,7 @@ class Manager:
         if not record.authenticated:
             self.admission.failed_before_auth(record.source)
         outcome = record.finish()
-        self.metrics.calls_finished.labels(outcome).inc()
+        self.metrics.calls_finished.labels(outcome, record.transport).inc()
         if outcome is Outcome.AUTH_FAILED:
             self.metrics.auth_failures.inc()
         elif outcome.is_refusal:
@@ -406,9 +454,11 @@ class Manager:
         duration = self.clock.seconds() - record.started
         level = self.log.info if outcome is Outcome.OK else self.log.warn
         level(
-            "call from {peer}: device {device}, key {fingerprint}, outcome {outcome}, "
+            "call from {peer}{over}: device {device}, key {fingerprint}, outcome {outcome}, "
             "steps {ok_steps}/{total_steps}, {duration:.3f}s{why}",
             peer=record.peer,
+            over=" over TLS" if record.transport == "tls" else "",
+            transport=record.transport,
             device=record.device.name if record.device else "-",
             fingerprint=record.fingerprint or "-",
             key_type=record.key_type,
@@ -426,7 +476,7 @@ class Manager:
                 f"call from {record.peer}: outcome {outcome}" + (f" ({record.reason})" if record.reason and outcome is not Outcome.OK else ""),
                 record.device.name if record.device else None,
                 {
-                    "session": record.id, "peer": record.peer, "fingerprint": record.fingerprint,
+                    "session": record.id, "peer": record.peer, "fingerprint": record.fingerprint, "transport": record.transport,
                     "outcome": outcome, "reason": record.reason if outcome is not Outcome.OK else None, "duration": round(duration, 6),
                     "steps": [{"action": s.action, "ok": s.ok, "error": s.error, "duration": round(s.duration, 6)} for s in steps],
                 },

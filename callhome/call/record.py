@@ -50,6 +50,10 @@ class Outcome(enum.StrEnum):
     OK = "ok"
     CHAIN_FAILED = "chain-failed"
     UNKNOWN_HOST_KEY = "unknown-host-key"
+    #: TLS: a certificate no device pins (or no trusted CA's device names).
+    UNKNOWN_CERTIFICATE = "unknown-certificate"
+    #: TLS: a certificate that does not identify a device: expired, not yet valid, untrusted, wrong name.
+    CERTIFICATE_REFUSED = "certificate-refused"
     DUPLICATE_REFUSED = "duplicate-refused"
     NOT_ALLOWED = "not-allowed"
     AUTH_FAILED = "auth-failed"
@@ -82,7 +86,10 @@ class Outcome(enum.StrEnum):
         return cls.SESSION_FAILED
 
 
-_REFUSALS = frozenset([Outcome.UNKNOWN_HOST_KEY, Outcome.DUPLICATE_REFUSED, Outcome.NOT_ALLOWED])
+_REFUSALS = frozenset([
+    Outcome.UNKNOWN_HOST_KEY, Outcome.UNKNOWN_CERTIFICATE, Outcome.CERTIFICATE_REFUSED,
+    Outcome.DUPLICATE_REFUSED, Outcome.NOT_ALLOWED,
+])
 _STATUS_AFTER = {Outcome.AUTH_FAILED: "failed-auth", Outcome.NOT_ALLOWED: "failed-not-allowed"}
 
 
@@ -100,6 +107,8 @@ class CallRecord:
     peer: str
     started: float
     source: str = ""
+    #: ``ssh`` or ``tls``: how the device called.
+    transport: str = "ssh"
     state: CallState = CallState.SECURING
     authenticated: bool = False
     fingerprint: str | None = None

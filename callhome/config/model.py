@@ -188,6 +188,8 @@ class TlsSettings:
     trusted_ca_path: str | None = None
     probe_interval: float = 30.0
     probe_max_missed: int = 3
+    #: the defaults' TLS identity: what we present until a device's own is chosen.
+    default_identity: TlsIdentity | None = None
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ class _Reader:
                 raise ConfigError("unknown_devices", "accept needs complete defaults (username, credentials, chain)")
             self.warn("unknown_devices", "accept: any device that calls is logged in with the default credentials (lab use only)")
         ssh_settings = self.ssh(top.get("ssh", Node({}, "ssh")))
-        tls_settings = self.tls(top, ssh_settings)
+        tls_settings = self.tls(top, ssh_settings, defaults)
         devices = tuple(self.devices(top.get("devices", Node([], "devices")), defaults, group_fields, chains,
                                      tls_settings.trusted_ca_path is not None))
         if listen_tls and not any(d.tls is not None for d in devices) and (default_profile is None or default_profile.tls is None):
@@ -187,7 +187,7 @@ class _Reader:
             warnings=tuple(self.warnings),
         )
 
-    def tls(self, top: dict[str, Node], ssh: SSHSettings) -> TlsSettings:
+    def tls(self, top: dict[str, Node], ssh: SSHSettings, defaults: dict[str, Node]) -> TlsSettings:
         """``tls_trusted_ca`` and the ``tls:`` section (probe defaults follow ssh keepalives)."""
         trusted = None
         if "tls_trusted_ca" in top and top["tls_trusted_ca"].value is not None:
@@ -209,6 +209,7 @@ class _Reader:
             trusted_ca_path=trusted,
             probe_interval=fields["probe_interval"].number() if "probe_interval" in fields else ssh.keepalive_interval,
             probe_max_missed=fields["probe_max_missed"].integer(1) if "probe_max_missed" in fields else ssh.keepalive_max_missed,
+            default_identity=self.secrets.tls_identity([defaults], "defaults"),
         )
 
     def workers(self, node: Node) -> int:

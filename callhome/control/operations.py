@@ -37,7 +37,7 @@ from callhome.call.registry import EnrollmentError
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.call.manager import Manager
-    from callhome.ssh.transport import CallHomeTransport
+    from callhome.call.connection import CallConnection
     from callhome.storage.store import Store
 
 #: actions the JSON form of an RPC may run: the operations, not the ones
@@ -117,7 +117,7 @@ def parse_time(text: str, name: str) -> float:
     return parsed.timestamp()
 
 
-def session_info(call: "CallHomeTransport", capabilities: bool = True) -> dict[str, Any]:
+def session_info(call: "CallConnection", capabilities: bool = True) -> dict[str, Any]:
     """A call as the control plane shows it (``/sessions``, ``/devices/{name}``)."""
     record = call.call
     session = call.session
@@ -168,7 +168,7 @@ class ControlPlane:
     def _held_elsewhere(self, name: str) -> bool:
         return self.remote is not None and self.remote.holds(name)
 
-    def _open_session(self, name: str) -> "CallHomeTransport | None":
+    def _open_session(self, name: str) -> "CallConnection | None":
         call = self.manager.sessions.get(name)
         if call is None or call.session is None or call.session.close_reason is not None:
             return None
@@ -258,7 +258,7 @@ class ControlPlane:
             return self._rpc_xml(call, body)
         raise UnsupportedMediaType("send the RPC as application/xml (an operation element) or application/json (an action)")
 
-    def _rpc_xml(self, call: "CallHomeTransport", body: bytes) -> defer.Deferred[XmlAnswer]:
+    def _rpc_xml(self, call: "CallConnection", body: bytes) -> defer.Deferred[XmlAnswer]:
         try:
             root = xml.parse_message(body)
         except xml.XMLRejected as e:
@@ -278,7 +278,7 @@ class ControlPlane:
 
         return d.addCallbacks(lambda reply: XmlAnswer(reply.raw, "ok"), failed)
 
-    def _rpc_action(self, call: "CallHomeTransport", device: Device, body: Any) -> defer.Deferred[dict[str, Any]]:
+    def _rpc_action(self, call: "CallConnection", device: Device, body: Any) -> defer.Deferred[dict[str, Any]]:
         if not isinstance(body, dict) or len([k for k in body if k not in ("timeout", "on_error")]) != 1:
             raise InvalidRequest('the body must name one action, e.g. {"get-config": {"source": "running"}}')
         action = next(k for k in body if k not in ("timeout", "on_error"))

@@ -146,6 +146,9 @@ class NetconfSession(Protocol):
         self.bytes_received = 0
         #: when the last complete message arrived (persistent idle timeout).
         self.last_message_at = clock.seconds()
+        #: message ids of background RPCs awaiting a reply (see L{rpc}).
+        self._background: set[str] = set()
+        self._background_replies = 0
         self._framer: EndOfMessageFramer | ChunkedFramer = EndOfMessageFramer(max_message_size)
         self._chunked = False
         self._next_message_id = 1
@@ -195,23 +198,30 @@ class NetconfSession(Protocol):
 
     def _dispatch(self, messages: list[bytes]) -> None:
         """Handle complete messages in order, the hello first."""
-        if messages:
-            self.last_message_at = self.clock.seconds()
-        for message in messages:
-            if self.close_reason is not None:
-                return
-            if self.hello is None:
-                hello_framer = self._framer
-                self._handle_hello_message(message)
-                if self.hello is not None:
-                    # Whatever followed the hello goes to the framer now in
-                    # use: the chunked one, or the same one continuing.
-                    if self._framer is not hello_framer:
-                        self._receive(hello_framer.take_remaining())
-                    else:
-                        self._receive(b"")
-                return
-            self._handle(message)
+        if not messages:
+            return
+        # Replies to background RPCs (a keepalive probe) are not activity:
+        # idle_timeout must still see a session nobody uses.
+        self._background_replies = 0
+        try:
+            for message in messages:
+                if self.close_reason is not None:
+                    return
+                if self.hello is None:
+                    hello_framer = self._framer
+                    self._handle_hello_message(message)
+                    if self.hello is not None:
+                        # Whatever followed the hello goes to the framer now in
+                        # use: the chunked one, or the same one continuing.
+                        if self._framer is not hello_framer:
+                            self._receive(hello_framer.take_remaining())
+                        else:
+                            self._receive(b"")
+                    return
+                self._handle(message)
+        finally:
+            if self._background_replies < len(messages):
+                self.last_message_at = self.clock.seconds()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Fail every pending RPC and report the session closed."""
@@ -246,9 +256,12 @@ class NetconfSession(Protocol):
         """``base:1.1`` (chunked) or ``base:1.0`` (end-of-message)."""
         return "base:1.1" if self._chunked else "base:1.0"
 
-    def rpc(self, operation: etree._Element | bytes | str, timeout: float | None = None) -> defer.Deferred[RPCReply]:
+    def rpc(self, operation: etree._Element | bytes | str, timeout: float | None = None, background: bool = False) -> defer.Deferred[RPCReply]:
         """
         Send an operation; return a Deferred for its reply.
+
+        A C{background} RPC (a keepalive probe) is not activity: its reply
+        leaves L{last_message_at} alone.
 
         The Deferred fails with L{xml.RPCError} on an ``rpc-error`` of
         severity error, L{RPCTimeout} after C{timeout} seconds (default: the
@@ -270,6 +283,8 @@ class NetconfSession(Protocol):
 
         deferred: defer.Deferred[RPCReply] = defer.Deferred(cancel)
         self._pending[message_id] = deferred
+        if background:
+            self._background.add(message_id)
         self._send(operations.rpc(message_id, operation))
         seconds = self.rpc_timeout if timeout is None else timeout
 
@@ -410,6 +425,9 @@ class NetconfSession(Protocol):
             self.abort("rpc-reply without a message-id")
             return
         deferred = self._pending.pop(message_id, None)
+        if message_id in self._background:
+            self._background.discard(message_id)
+            self._background_replies += 1
         if deferred is None:
             if message_id in self._abandoned:
                 self._abandoned.discard(message_id)

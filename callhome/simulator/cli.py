@@ -6,6 +6,10 @@ TCP to the manager, runs an SSH server on that socket with its own host key
 and serves the ``netconf`` subsystem.  ``--count``, ``--interval`` and
 ``--concurrency`` make it call repeatedly and many at once; ``--devices N``
 makes it N devices with N host keys (for load and integration tests).
+``--tls`` calls home over TLS instead (RFC 8071 §4, default port 4335):
+the device presents ``--certificate``/``--key`` (a self-signed one is made
+if absent) and accepts a manager certificate its ``--trusted-ca`` issued
+or one of ``--manager-fingerprint``.
 ``--notify-every SECONDS`` makes every device raise a heartbeat event that
 often, delivered to its subscribed sessions (the soak's notification load).
 """
@@ -56,13 +60,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--source-address", help="local address to call from (e.g. 127.0.0.2)")
     p.add_argument("--notify-every", type=float, default=0.0, metavar="SECONDS",
                    help="raise a heartbeat notification this often on every device, to its subscribed sessions (default: never)")
+    p.add_argument("--tls", action="store_true", help="call home over TLS (NETCONF over TLS, RFC 7589) instead of SSH")
+    p.add_argument("--certificate", default="var/device/device.pem",
+                   help="TLS: the device's certificate (PEM, chain after the leaf); self-signed and generated with its "
+                        ".key if absent; with --devices N: DIR/device-NNNN.pem beside it (default %(default)s)")
+    p.add_argument("--key", help="TLS: the device's private key (default: the certificate's path with .key)")
+    p.add_argument("--trusted-ca", help="TLS: PEM bundle of CAs whose manager certificates the device accepts")
+    p.add_argument("--manager-fingerprint", action="append", default=[],
+                   help="TLS: SHA-256 fingerprint of a manager certificate the device accepts (its cert-to-name entry); repeatable")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     args = p.parse_args(argv)
     if args.password_env:
         if args.password_env not in os.environ:
             p.error(f"--password-env: environment variable {args.password_env} is not set")
         args.password = os.environ[args.password_env]
-    if not args.authorized_key and args.password is None and not args.print_devices:
+    if args.tls:
+        if not args.trusted_ca and not args.manager_fingerprint and not args.print_devices:
+            p.error("--tls: give --trusted-ca or --manager-fingerprint: which manager certificates may call?")
+    elif not args.authorized_key and args.password is None and not args.print_devices:
         p.error("give --authorized-key or --password: how may the manager log in?")
     for option in ("count", "concurrency", "devices"):
         if getattr(args, option) < (0 if option == "count" else 1):
@@ -117,7 +132,7 @@ def start_heartbeats(reactor: IServiceReactor, datastores: Sequence[Datastore], 
 class Caller:
     """Makes the calls and counts how they went."""
 
-    def __init__(self, reactor: IServiceReactor, args: argparse.Namespace, factories: list[DeviceSSHFactory]) -> None:
+    def __init__(self, reactor: IServiceReactor, args: argparse.Namespace, factories: Sequence[Any]) -> None:
         self.reactor = reactor
         self.args = args
         self.factories = factories
@@ -132,7 +147,7 @@ class Caller:
         if not self.args.quiet:
             print(text, flush=True)
 
-    def _next_factory(self) -> DeviceSSHFactory:
+    def _next_factory(self) -> Any:
         factory = self.factories[self.started % len(self.factories)]
         self.started += 1
         return factory
@@ -152,7 +167,7 @@ class Caller:
         self.say(f"call {self.started} ({factory.fingerprint}): refused {self.args.retries + 1} times")
 
     @defer.inlineCallbacks
-    def _attempt(self, factory: DeviceSSHFactory) -> Any:
+    def _attempt(self, factory: Any) -> Any:
         """One connection; True if the manager closed it before SSH began."""
         bind = (self.args.source_address, 0) if self.args.source_address else None
         endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=10, bindAddress=bind)
@@ -198,9 +213,38 @@ class Caller:
         return defer.DeferredList([self.worker(q) for q in quotas])
 
 
+def certificate_paths(args: argparse.Namespace) -> list[Path]:
+    """The certificate file of each simulated TLS device."""
+    base = Path(args.certificate)
+    if args.devices == 1:
+        return [base]
+    return [base.parent / f"device-{i:04d}.pem" for i in range(args.devices)]
+
+
+def tls_factories(args: argparse.Namespace, template: Datastore) -> list[Any]:
+    """The TLS devices: one certificate (made if absent) and datastore each."""
+    from callhome import fingerprints
+    from callhome.simulator.tls_device import TlsDeviceFactory, load_or_create_certificate
+
+    trusted = Path(args.trusted_ca).read_bytes() if args.trusted_ca else None
+    pinned = frozenset(fingerprints.normalise_certificate(f) for f in args.manager_fingerprint)
+    factories = []
+    for index, path in enumerate(certificate_paths(args)):
+        cert_pem, key_pem = load_or_create_certificate(path, f"device-{index:04d}")
+        if args.key and args.devices == 1:
+            key_pem = Path(args.key).read_bytes()
+        factories.append(TlsDeviceFactory(
+            cert_pem, key_pem, Datastore(copy.deepcopy(template.elements), modules=template.modules),
+            trusted, pinned, not args.base_1_0_only, args.username,
+        ))
+    return factories
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``callhome-device``."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.tls:
+        return _main_tls(args)
     paths = host_key_paths(args)
     host_keys = [load_or_create_host_key(p, args.host_key_type) for p in paths]
     if args.print_devices:
@@ -227,7 +271,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"device host key {factories[0].fingerprint} ({paths[0]})", flush=True)
     else:
         print(f"{len(factories)} devices, host keys in {paths[0].parent}", flush=True)
+    return _run(args, factories)
 
+
+def _main_tls(args: argparse.Namespace) -> int:
+    """``--tls``: the same calls, over TLS."""
+    template = Datastore.from_file(args.datastore)
+    factories = tls_factories(args, template)
+    if args.print_devices:
+        for index, f in enumerate(factories):
+            name = "sim-tls" if len(factories) == 1 else f"sim-tls-{index:04d}"
+            print(f'  - {{name: {name}, certificates: ["{f.fingerprint}"]}}')
+        return 0
+    if len(factories) == 1:
+        print(f"device certificate {factories[0].fingerprint} ({args.certificate})", flush=True)
+    else:
+        print(f"{len(factories)} TLS devices, certificates in {Path(args.certificate).parent}", flush=True)
+    return _run(args, factories)
+
+
+def _run(args: argparse.Namespace, factories: list[Any]) -> int:
+    """Make the calls with C{factories} (SSH or TLS devices) and report."""
     from twisted.internet import reactor
 
     # The global reactor's declared type names only some of what it provides.

@@ -25,7 +25,7 @@ from callhome.workers.channel import Channel
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.call.manager import Manager
-    from callhome.ssh.transport import CallHomeTransport
+    from callhome.call.connection import CallConnection
 
 
 class WorkerLink:
@@ -73,7 +73,7 @@ class WorkerLink:
 
     # --- Cluster ---------------------------------------------------------------------------
 
-    def claim(self, device: str, call: "CallHomeTransport") -> bool:
+    def claim(self, device: str, call: "CallConnection") -> bool:
         """Tell the main process; a refusal closes the call when it comes back."""
         assert call.call is not None
         answer = self.channel.call("claim", device=device, call=call.call.id)

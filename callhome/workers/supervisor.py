@@ -29,7 +29,7 @@ from callhome.workers.channel import Channel, RemoteError
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.call.manager import Manager
-    from callhome.ssh.transport import CallHomeTransport
+    from callhome.call.connection import CallConnection
 
 #: seconds before a dead worker is started again (doubling while it keeps dying).
 RESPAWN_DELAY = 1.0
@@ -194,7 +194,7 @@ class WorkerPool(Service):
         if worker is not None and worker.channel is not None:
             worker.channel.notify("disconnect", device=device, reason="replaced by a new call from the same device", outcome="replaced")
 
-    def claim(self, device: str, call: "CallHomeTransport") -> bool:
+    def claim(self, device: str, call: "CallConnection") -> bool:
         """The main process identified C{device}: is a worker's session in the way?"""
         other = self.owners.get(device)
         if other is None:
