@@ -197,8 +197,8 @@ class Manager:
         The device whose ``tls_names`` a (CA-issued) certificate carries, if
         exactly one does; several would make the identity ambiguous.
         """
-        found = [d for d in self.registry.devices() if d.tls_names and certificate.carries(d.tls_names)]
-        return found[0] if len(found) == 1 else None
+        found = {d.name: d for key in certificate.name_keys() if (d := self.registry.identify(key)) is not None}
+        return next(iter(found.values())) if len(found) == 1 else None
 
     def may_prove_unknown(self) -> bool:
         """Quarantine and accept need an unknown key to prove itself first."""

@@ -141,8 +141,24 @@ class Device:
 
     @property
     def identities(self) -> frozenset[str]:
-        """Every fingerprint that names this device: host keys and certificates."""
-        return self.host_keys | self.certificates
+        """Every key the registry finds this device by: host keys, certificates, and its tls_names (L{tls_name_key})."""
+        return self.host_keys | self.certificates | frozenset(tls_name_key(n) for n in self.tls_names)
+
+
+def tls_name_key(name: str) -> str:
+    """
+    The registry's key for a ``tls_names`` entry: IP addresses in their
+    canonical form, DNS names in lower case without a final dot, behind a
+    prefix no fingerprint has.
+    """
+    import ipaddress
+
+    text = name.strip()
+    try:
+        text = str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        text = text.lower().rstrip(".")
+    return "tls-name:" + text
 
 
 @dataclass(frozen=True)

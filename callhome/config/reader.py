@@ -47,6 +47,7 @@ from callhome.config.model import (
     StepSpec,
     StoreSettings,
     TlsSettings,
+    tls_name_key,
 )
 
 _CREDENTIAL_KEYS = (
@@ -501,10 +502,11 @@ class _Reader:
                 if not tls_names:
                     raise fields["tls_names"].error("must list at least one name")
                 for index, tls_name in enumerate(tls_names):
-                    if tls_name in owners and owners[tls_name] != name:
+                    key = tls_name_key(tls_name)
+                    if key in owners and owners[key] != name:
                         raise ConfigError(fields["tls_names"].child_path(index),
-                                          f"name {tls_name!r} is already listed for device {owners[tls_name]!r}")
-                    owners[tls_name] = name
+                                          f"name {tls_name!r} is already listed for device {owners[key]!r}")
+                    owners[key] = name
             group = None
             layers = [fields]
             if "group" in fields:

@@ -76,6 +76,7 @@ class TlsDeviceProtocol(TLSMemoryBIOProtocol):
         super().__init__(factory, wrapped)
         self.done: defer.Deferred[None] = defer.Deferred()
         self.failure: str | None = None
+        self._session = wrapped  # Twisted drops wrappedProtocol when the connection ends
 
     @property
     def gotVersion(self) -> bool:
@@ -85,8 +86,7 @@ class TlsDeviceProtocol(TLSMemoryBIOProtocol):
     @property
     def authenticated(self) -> bool:
         """The manager's NETCONF hello arrived: it accepted the device."""
-        wrapped: Any = self.wrappedProtocol
-        return bool(wrapped._hello_done)
+        return bool(self._session._hello_done)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """The call is over (with the TLS error, if any, in C{failure})."""

@@ -276,13 +276,15 @@ class TlsCall(TimeoutMixin, Protocol):
         record = self.call
         if record is None:
             return
-        if self.session is not None:
-            self.session.connectionLost(reason)
-            record.note(self.session.close_reason)
+        # What the TLS layer says first: a device's alert explains the
+        # "connection closed" the session would otherwise report.
         why = describe_loss(reason, self.first_bytes, record.state)
         if why is not None:
             outcome, text = why
             record.end(outcome, text)
+        if self.session is not None:
+            self.session.connectionLost(reason)
+            record.note(self.session.close_reason)
         self.manager.call_ended(self)
 
 

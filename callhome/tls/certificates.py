@@ -6,7 +6,6 @@ chain check said about it, each in words an operator can act on.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509.oid import NameOID
 
 from callhome import fingerprints
+from callhome.config.model import tls_name_key
 
 #: OpenSSL's X509_V_ERR_* codes we name ourselves (the rest: OpenSSL's text).
 CERT_NOT_YET_VALID = 9
@@ -106,8 +106,12 @@ class PeerCertificate:
 
     def carries(self, wanted: tuple[str, ...]) -> bool:
         """Whether it carries one of C{wanted} (DNS names case-insensitively, IP addresses by value)."""
-        have = {_normal_name(n) for n in self.names}
-        return any(_normal_name(w) in have for w in wanted)
+        have = set(self.name_keys())
+        return any(tls_name_key(w) in have for w in wanted)
+
+    def name_keys(self) -> list[str]:
+        """Its names as the registry indexes C{tls_names} (L{callhome.config.model.tls_name_key})."""
+        return [tls_name_key(n) for n in self.names]
 
     def summary(self) -> dict[str, Any]:
         """What the quarantine and the events show of it."""
@@ -115,13 +119,6 @@ class PeerCertificate:
             "subject": self.subject, "issuer": self.issuer, "names": list(self.names),
             "not_before": self.not_before.isoformat(), "not_after": self.not_after.isoformat(),
         }
-
-
-def _normal_name(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name.strip("[]")))
-    except ValueError:
-        return name.lower().rstrip(".")
 
 
 def key_type(cert: x509.Certificate) -> str:
