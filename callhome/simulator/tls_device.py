@@ -135,7 +135,7 @@ class TlsDeviceFactory(TLSMemoryBIOFactory):
         chain = x509.load_pem_x509_certificates(certificate_pem)
         context.use_certificate(chain[0])
         for extra in chain[1:]:
-            context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+            context.add_extra_chain_cert(extra)
         context.use_privatekey(serialization.load_pem_private_key(key_pem, None))  # type: ignore[arg-type]
         store = context.get_cert_store()
         assert store is not None

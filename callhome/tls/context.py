@@ -103,7 +103,7 @@ class CallTlsOptions:
         if self.default is not None:
             context.use_certificate(self.default.leaf)
             for intermediate in self.default.intermediates:
-                context.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
+                context.add_extra_chain_cert(intermediate)
             context.use_privatekey(self.default.key)
         return context
 
