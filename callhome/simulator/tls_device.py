@@ -21,12 +21,13 @@ from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from callhome import fingerprints
 from callhome.simulator.netconf_server import Datastore, NetconfServerProtocol
+from callhome.tls.call import DrainedTLSProtocol
 
 
 def load_or_create_certificate(path: Path, name: str = "callhome-device") -> tuple[bytes, bytes]:
@@ -65,7 +66,7 @@ def certificate_fingerprint(pem: bytes) -> str:
     return fingerprints.of_certificate(cert.public_bytes(serialization.Encoding.DER))
 
 
-class TlsDeviceProtocol(TLSMemoryBIOProtocol):
+class TlsDeviceProtocol(DrainedTLSProtocol):
     """
     One TLS call of the device.  C{done} fires when the call ends; the
     surface matches the SSH device's for the caller (C{gotVersion}: the

@@ -32,7 +32,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Device
 
 
-class CallTLSProtocol(TLSMemoryBIOProtocol):
+class DrainedTLSProtocol(TLSMemoryBIOProtocol):
+    """
+    Twisted's TLS, writing out everything OpenSSL produced at once.
+
+    Twisted reads at most 32 KiB from the send BIO per flush; a handshake
+    flight larger than that (a long certificate chain) then waits for the
+    peer, which waits for the rest: both stall until a timeout.
+    """
+
+    def _flushSendBIO(self) -> None:
+        while True:
+            try:
+                data = self._tlsConnection.bio_read(2**15)
+            except SSL.WantReadError:
+                return  # the send BIO is empty
+            assert self.transport is not None  # OpenSSL produced bytes: we are connected
+            self.transport.write(data)
+
+
+class CallTLSProtocol(DrainedTLSProtocol):
     """
     Twisted's TLS on one call, which also notices what no TLS server sends
     first: an SSH banner (an SSH device dialling the TLS port).
@@ -78,6 +97,7 @@ class TlsCall(TimeoutMixin, Protocol):
         self.peer_certificate: PeerCertificate | None = None
         self._candidate: "Device | None" = None
         self._handshake_timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
 
     # --- the connection --------------------------------------------------------------
 
@@ -126,7 +146,8 @@ class TlsCall(TimeoutMixin, Protocol):
             return
         transport.loseConnection()
         # A device that never reads our close_notify must not hold the socket.
-        self.manager.clock.callLater(5, _abort_if_open, transport)
+        if self._abort_timer is None:
+            self._abort_timer = self.manager.clock.callLater(5, _abort_if_open, transport)
 
     # --- OpenSSL's callbacks (L{callhome.tls.context}) --------------------------------
 
@@ -271,6 +292,8 @@ class TlsCall(TimeoutMixin, Protocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
         self.setTimeout(None)
         self.stop_keepalive()
         record = self.call
