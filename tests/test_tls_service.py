@@ -19,7 +19,7 @@ class TlsServiceTests(RunningService):
         self.manager_cert = issue("callhome-manager")
         self.manager_pem, self.manager_key_pem = self.manager_cert.write(self.certs, "manager")
         self.device_cert = issue("edge", names=("edge.example.net",))
-        self.device_pem, self.device_key = self.device_cert.write(self.certs, "edge")
+        self.device_pem, self.device_key_pem = self.device_cert.write(self.certs, "edge")
 
     def start_tls(self, devices: str, extra: str = "", chains: str = "{main: [{get: {}}]}") -> None:
         self.tls_port = free_port()
@@ -37,10 +37,41 @@ class TlsServiceTests(RunningService):
         self.tls_setup()
         identity = f"tls_certificate: {self.manager_pem}, tls_private_key: {self.manager_key_pem}"
         self.start_tls(f'[{{name: edge, certificates: ["{self.device_cert.fingerprint}"], {identity}}}]')
-        device = self.tls_call(self.device_pem, self.device_key)
+        device = self.tls_call(self.device_pem, self.device_key_pem)
         self.assertEqual(await device.ended, 0, device.output)
         manager = self.service.manager
         await wait_for(lambda: manager.counts["ok"] == 1, what="the TLS call to end ok")
         saved = list((self.tmp / "results" / "edge").glob("*get*"))
         self.assertEqual(len(saved), 1)
         self.assertIn(b"<data", saved[0].read_bytes())
+
+    async def test_one_device_over_both_transports_and_the_api_on_its_tls_session(self) -> None:
+        """A device known by a host key and a certificate is one device: TLS replaces its SSH session; the API reaches it."""
+        self.tls_setup()
+        key_path, host_fp = self.device_key("edge")
+        identity = f"tls_certificate: {self.manager_pem}, tls_private_key: {self.manager_key_pem}"
+        self.start_tls(
+            f'[{{name: edge, host_keys: ["{host_fp}"], certificates: ["{self.device_cert.fingerprint}"], '
+            f'mode: persistent, {identity}}}]',
+        )
+        manager = self.service.manager
+        ssh_device = self.call(key_path, "--timeout", "60")
+        await self.session_of("edge")
+        self.assertEqual(manager.sessions["edge"].call.transport, "ssh")
+        tls_device = self.tls_call(self.device_pem, self.device_key_pem, "--timeout", "60")
+        await wait_for(lambda: "edge" in manager.sessions and manager.sessions["edge"].call.transport == "tls"
+                       and manager.sessions["edge"].call.steps, what="the TLS session to replace the SSH one")
+        self.assertEqual(await ssh_device.ended, 0)
+        self.assertEqual(manager.counts["replaced"], 1)
+        sessions = (await self.get("/sessions")).json()["sessions"]
+        self.assertEqual([(s["device"], s["transport"]) for s in sessions], [("edge", "tls")])
+        reply = await self.post("/devices/edge/rpc", b'<get-config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                                b"<source><running/></source></get-config>", content_type="application/xml")
+        self.assertEqual(reply.code, 200, reply.body)
+        self.assertIn(b"<data", reply.body)
+        metrics = (await self.get("/metrics")).body.decode()
+        self.assertIn('callhome_calls_finished_total{outcome="replaced",transport="ssh"} 1.0', metrics)
+        self.assertIn('callhome_calls_accepted_total{transport="tls"} 1.0', metrics)
+        disconnected = await self.post("/devices/edge/disconnect")
+        self.assertEqual(disconnected.code, 200, disconnected.body)
+        self.assertEqual(await tls_device.ended, 0, tls_device.output)

@@ -173,7 +173,7 @@ class Manager:
 
     def new_call(self) -> "CallHomeTransport":
         """An SSH call for a new, admitted connection (tracked from now on)."""
-        from callhome.call.connection import CallConnection
+        from callhome.ssh.transport import CallHomeTransport
 
         call = CallHomeTransport(
             self, self.config.ssh.handshake_timeout,
