@@ -16,7 +16,7 @@ setup(
         "twisted": ["plugins/callhome_plugin.py"],
     },
     install_requires=[
-        "twisted[conch]>=24.7",
+        "twisted[conch,tls]>=24.7",  # tls: pyOpenSSL and service_identity (TLS call home, issue 12)
         "cryptography>=42",
         "lxml>=5",
         "pyyaml>=6",

@@ -168,6 +168,10 @@ class SecretReader:
         except (ValueError, UnsupportedAlgorithm) as e:
             hint = " or the passphrase is wrong" if passphrase else ""
             raise key_node.error(f"{key_path} is not a usable PEM private key{hint} ({type(e).__name__})") from None
+        from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+        if not isinstance(key, (dsa.DSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, rsa.RSAPrivateKey)):
+            raise key_node.error(f"{key_path} holds a {type(key).__name__}, which cannot sign a TLS handshake")
         public = serialization.PublicFormat.SubjectPublicKeyInfo
         encoding = serialization.Encoding.PEM
         if key.public_key().public_bytes(encoding, public) != chain[0].public_key().public_bytes(encoding, public):
