@@ -122,3 +122,38 @@ class ListenTests(TestCase):
         self.assertEqual(code, 0, err.decode() + device.sshd_log())
         self.assertGreater(len(out), 10_000)
         self.assertEqual(etree.fromstring(out).find(NC + "data") is not None, True)
+
+
+class ListenTlsTests(TestCase):
+    """``callhome listen --tls``: one TLS call, one operation."""
+
+    timeout = 60
+
+    async def test_tls_get_with_a_pinned_certificate(self):
+        from tests.tls_certs import issue
+
+        tmp = Path(self.mktemp())
+        manager, device = issue("manager"), issue("device")
+        cert, key = manager.write(tmp, "manager")
+        device_cert, device_key = device.write(tmp, "device")
+        port = free_port()
+        listening = run_module(
+            "callhome.tools.cli", "listen", "--tls", "--port", str(port), "--interface", "127.0.0.1",
+            "--certificate", str(cert), "--key", str(key), "--pin", "sha256 Fingerprint=" + device.fingerprint,
+            "--get", "--timeout", "20",
+        )
+        await task.deferLater(reactor, 0.8, lambda: None)
+        calling = run_module(
+            "callhome.simulator.cli", "--tls", "--manager", f"127.0.0.1:{port}", "--certificate", str(device_cert),
+            "--key", str(device_key), "--manager-fingerprint", manager.fingerprint, "--quiet", "--retries", "3",
+        )
+        (out, err, code), _ = await defer.gatherResults([listening, calling])
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"<rpc-reply", out)
+        self.assertIn(b"<data", out)
+        self.assertIn(f"device certificate {device.fingerprint}".encode(), err)
+
+    async def test_tls_needs_an_identity_for_the_device(self):
+        out, err, code = await run_module("callhome.tools.cli", "listen", "--tls", "--get", "--certificate", "a", "--key", "b")
+        self.assertEqual(code, 2)
+        self.assertIn(b"--pin FINGERPRINT or --ca", err)

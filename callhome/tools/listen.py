@@ -8,6 +8,11 @@ credential is sent; accepting an unknown key takes an explicit
 XML goes to stdout exactly as received; everything else goes to stderr.
 Exit status: 0 on success, 1 when the call failed (reason on stderr), 2 on
 bad arguments or when no device called in time.
+
+``--tls`` waits for a TLS call home instead (port 4335): we present
+``--certificate``/``--key``, and the device is known by ``--pin`` (its
+certificate's SHA-256 fingerprint, repeatable) or by ``--ca`` and
+``--name`` (a certificate that CA issued, carrying that name).
 """
 
 from __future__ import annotations
@@ -38,16 +43,23 @@ from callhome.reactor import IServiceReactor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``callhome listen``."""
-    parser.add_argument("--port", type=int, default=4334, help="port to wait on (default %(default)s)")
+    parser.add_argument("--port", type=int, help="port to wait on (default 4334, 4335 with --tls)")
     parser.add_argument("--interface", default="0.0.0.0", help="address to wait on (default %(default)s)")
     parser.add_argument("--username", default="admin", help="SSH user (default %(default)s)")
     parser.add_argument("--private-key", help="private key file to log in with")
     parser.add_argument("--passphrase-env", help="environment variable holding the key's passphrase")
     parser.add_argument("--password-env", help="environment variable holding the password")
     parser.add_argument("--password", help="password (visible to other users in ps: prefer --password-env)")
-    identity = parser.add_mutually_exclusive_group(required=True)
+    identity = parser.add_mutually_exclusive_group()
     identity.add_argument("--host-key", action="append", metavar="FINGERPRINT", help="the device's SHA256 host-key fingerprint (repeatable)")
     identity.add_argument("--accept-any-host-key", action="store_true", help="accept whatever host key calls, and print its fingerprint")
+    tls = parser.add_argument_group("TLS call home (RFC 8071 section 4)")
+    tls.add_argument("--tls", action="store_true", help="wait for a TLS call home (NETCONF over TLS) instead of SSH")
+    tls.add_argument("--certificate", help="our certificate (PEM chain) to present")
+    tls.add_argument("--key", help="its private key (PEM); --passphrase-env if encrypted")
+    tls.add_argument("--pin", action="append", metavar="FINGERPRINT", help="the device certificate's SHA-256 fingerprint (repeatable)")
+    tls.add_argument("--ca", help="a CA bundle: a certificate it issued, carrying --name, identifies the device")
+    tls.add_argument("--name", action="append", help="with --ca: a name (SAN DNS or IP, or CN) the certificate must carry (repeatable)")
     operation = parser.add_mutually_exclusive_group(required=True)
     operation.add_argument("--get", action="store_true", help="run <get>")
     operation.add_argument("--get-config", nargs="?", const="running", metavar="SOURCE", help="run <get-config> on SOURCE (default running)")
@@ -127,8 +139,49 @@ def build_chain(args: argparse.Namespace, step: PrintReply) -> dict[str, tuple[S
     return {"listen": tuple(steps)}
 
 
+def build_tls_config(args: argparse.Namespace, state_dir: Path) -> Config:
+    """A one-device TLS config from the arguments (its chain is L{build_chain}'s)."""
+    from callhome.config import ConfigError, TlsSettings
+    from callhome.config.node import Node
+    from callhome.config.secrets import SecretReader
+
+    if not args.certificate or not args.key:
+        raise ListenError("--tls: give --certificate and --key: what we present to the device")
+    if not args.pin and not args.ca:
+        raise ListenError("--tls: give --pin FINGERPRINT or --ca FILE with --name: how is the device known?")
+    if args.ca and not args.name and not args.pin:
+        raise ListenError("--ca: give --name too: the name the device's certificate must carry")
+    fields = {"tls_certificate": Node(args.certificate, "--certificate"), "tls_private_key": Node(args.key, "--key")}
+    if args.passphrase_env:
+        fields["tls_private_key_passphrase_env"] = Node(args.passphrase_env, "--passphrase-env")
+    try:
+        identity = SecretReader(os.environ, lambda path, problem: None).tls_identity([fields], "--tls")
+        pins = frozenset(fingerprints.normalise_certificate(p) for p in args.pin or [])
+    except (ConfigError, fingerprints.FingerprintError) as e:
+        raise ListenError(str(e)) from None
+    profile = Profile(Credentials(args.username), "listen", tls=identity)
+    device = Device.from_profile("device", frozenset(), profile, certificates=pins, tls_names=tuple(args.name or ()))
+    port = args.port or 4335
+    return Config(
+        listen=(),
+        listen_tls=(f"tcp:{port}:interface={args.interface}",),
+        results_dir=state_dir / "results",
+        devices=(device,),
+        chains={},
+        netconf=NetconfSettings(offer_base_1_1=not args.base_1_0_only, hello_timeout=args.timeout, rpc_timeout=args.timeout),
+        ssh=SSHSettings(handshake_timeout=args.timeout),
+        default_profile=profile,
+        state_dir=state_dir,
+        tls=TlsSettings(trusted_ca_path=args.ca, default_identity=identity),
+    )
+
+
 def build_config(args: argparse.Namespace, state_dir: Path) -> Config:
     """A one-device config from the arguments (its chain is L{build_chain}'s)."""
+    if args.tls:
+        return build_tls_config(args, state_dir)
+    if not args.host_key and not args.accept_any_host_key:
+        raise ListenError("give --host-key FINGERPRINT or --accept-any-host-key: how is the device known?")
     credentials = credentials_from(args)
     profile = Profile(credentials, "listen")
     devices: tuple[Device, ...] = ()
@@ -139,7 +192,7 @@ def build_config(args: argparse.Namespace, state_dir: Path) -> Config:
             raise ListenError(f"--host-key: {e}") from None
         devices = (Device.from_profile("device", host_keys, profile),)
     return Config(
-        listen=(f"tcp:{args.port}:interface={args.interface}",),
+        listen=(f"tcp:{args.port or 4334}:interface={args.interface}",),
         results_dir=state_dir / "results",
         devices=devices,
         chains={},
@@ -169,6 +222,7 @@ def run(args: argparse.Namespace, reactor: IServiceReactor | None = None) -> int
             redirectStandardIO=False,
         )
         service = CallHomeService(config, reactor, chains=build_chain(args, step))
+        port = args.port or (4335 if args.tls else 4334)
         outcome: list[Any] = []
         call_ended = service.manager.call_ended
 
@@ -176,7 +230,8 @@ def run(args: argparse.Namespace, reactor: IServiceReactor | None = None) -> int
             call_ended(call)
             if call.call.fingerprint is None:
                 # Never showed a host key (a port scan, garbage): not our call.
-                print(f"callhome listen: ignoring a connection from {call.call.peer}: {call.call.reason or 'no SSH'}", file=sys.stderr)
+                print(f"callhome listen: ignoring a connection from {call.call.peer}: "
+                      f"{call.call.reason or ('no TLS' if args.tls else 'no SSH')}", file=sys.stderr)
                 return
             if not outcome:
                 outcome.append(call.call)
@@ -192,17 +247,18 @@ def run(args: argparse.Namespace, reactor: IServiceReactor | None = None) -> int
         try:
             service.startService()
         except Exception as e:
-            print(f"callhome listen: cannot listen on {args.interface}:{args.port}: {e}", file=sys.stderr)
+            print(f"callhome listen: cannot listen on {args.interface}:{port}: {e}", file=sys.stderr)
             return 2
-        print(f"callhome listen: waiting on {args.interface}:{args.port} for a call home", file=sys.stderr)
+        print(f"callhome listen: waiting on {args.interface}:{port} for a{' TLS' if args.tls else 'n SSH'} call home", file=sys.stderr)
         reactor.callLater(args.timeout, timed_out)
         reactor.run()
         record = outcome[0] if outcome else None
         if record is None:
             print(f"callhome listen: no device called within {args.timeout:g}s", file=sys.stderr)
             return 2
-        if record.fingerprint and args.accept_any_host_key:
-            print(f"callhome listen: device host key {record.fingerprint} ({record.key_type}) from {record.peer}", file=sys.stderr)
+        if record.fingerprint and (args.accept_any_host_key or args.tls):
+            what = "certificate" if args.tls else "host key"
+            print(f"callhome listen: device {what} {record.fingerprint} ({record.key_type}) from {record.peer}", file=sys.stderr)
         if step.reply is None:
             print(f"callhome listen: call from {record.peer} failed: {record.reason or record.outcome}", file=sys.stderr)
             return 1
