@@ -119,8 +119,8 @@ def main() -> None:
     started_by_device: dict[str, float] = {}
     identify = manager.identify
 
-    def identify_and_note(call, fingerprint, key_type, candidate):  # type: ignore[no-untyped-def]
-        device = identify(call, fingerprint, key_type, candidate)
+    def identify_and_note(call, fingerprint, key_type, candidate, **more):  # type: ignore[no-untyped-def]
+        device = identify(call, fingerprint, key_type, candidate, **more)
         if device is not None:
             started_by_device[device.name] = call.call.started
         return device

@@ -385,6 +385,19 @@ def durability(sessions: int, concurrency: int, rounds: int) -> None:
           f"{statistics.median(on['cpu']) / statistics.median(off['cpu']):16.2f}")
 
 
+def _tls(args: argparse.Namespace) -> bool:
+    """SSH against TLS on one manager (bench/tls.py)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import tls
+
+    if args.quick:
+        args.sessions, args.concurrency, args.rounds = 20, 10, 1
+    ok = tls.periodic(sys.modules[__name__], args.sessions, args.concurrency, args.rounds)
+    if args.tls_held:
+        ok &= tls.held(sys.modules[__name__], args.tls_held, window=2.0 if args.quick else 30.0)
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
@@ -402,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-rate", type=int, default=100, help="periodic calls a second during the soak")
     parser.add_argument("--soak-notify", type=float, default=60.0, help="seconds between one held device's notifications")
     parser.add_argument("--soak-trace", action="store_true", help="run the soak's manager under tracemalloc and print where memory grew")
+    parser.add_argument("--no-tls", dest="tls", action="store_false", help="skip the SSH vs TLS runs (bench/tls.py)")
+    parser.add_argument("--tls-only", action="store_true", help="only the SSH vs TLS runs")
+    parser.add_argument("--tls-held", type=int, default=1000, help="persistent sessions of each transport to hold in the TLS run (0: skip)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.tls_held = 20
+    if args.tls_only:
+        return 0 if _tls(args) else 1
     if args.soak:
         sys.path.insert(0, str(REPO / "bench"))
         import soak
@@ -473,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             durability(args.sessions, args.concurrency, args.rounds)
         if args.held:
             failed |= not held(args.held, baseline="asyncssh" in medians, window=2.0 if args.quick else 30.0)
+        if args.tls:
+            failed |= not _tls(args)
         return 1 if failed else 0
     finally:
         for subject in subjects:
