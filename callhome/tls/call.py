@@ -23,7 +23,7 @@ from zope.interface import implementer
 from callhome.call.record import CallRecord, CallState, Outcome
 from callhome.logs import LevelLogger
 from callhome.netconf.session import NetconfSession
-from callhome.tls.certificates import CERT_HAS_EXPIRED, CERT_NOT_YET_VALID, ChainError, PeerCertificate, der_of
+from callhome.tls.certificates import CERT_HAS_EXPIRED, CERT_NOT_YET_VALID, ChainError, PeerCertificate, from_pyopenssl
 from callhome.tls.context import MAX_COMPLAINTS, CallTlsOptions
 from callhome.tls.probe import Probe
 
@@ -158,8 +158,10 @@ class TlsCall(TimeoutMixin, Protocol):
 
     def leaf_seen(self, certificate: crypto.X509, connection: SSL.Connection) -> None:
         """The device's own certificate, mid-handshake: choose what we present to it."""
+        if self.peer_certificate is not None:
+            return  # OpenSSL asks again at depth 0 after a complaint: judged once
         try:
-            self.peer_certificate = PeerCertificate.from_der(der_of(certificate))
+            self.peer_certificate = from_pyopenssl(certificate)
         except ValueError:
             return
         candidate = self._lookup(self.peer_certificate)

@@ -6,7 +6,8 @@ chain check said about it, each in words an operator can act on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,44 +57,53 @@ def _text(value: Any, limit: int = 200) -> str:
     return "".join(c if c.isprintable() else "?" for c in str(value))[:limit]
 
 
-@dataclass(frozen=True)
 class PeerCertificate:
     """
-    The certificate a device presented, parsed once after the handshake.
+    The certificate a device presented, parsed once after the handshake;
+    what only a refusal or the quarantine needs (subject, issuer, names) is
+    read when first asked for (a served call never asks for most of it).
 
     @ivar fingerprint: SHA-256, ``AB:CD:...`` (the device's identity when pinned).
-    @ivar names: SAN DNS names and IP addresses, then the subject's CNs.
     """
 
-    fingerprint: str
-    subject: str
-    issuer: str
-    not_before: datetime
-    not_after: datetime
-    key_type: str
-    names: tuple[str, ...] = field(default=())
+    def __init__(self, cert: x509.Certificate, fingerprint: str | None = None) -> None:
+        self.cert = cert
+        self.fingerprint = fingerprint or fingerprints.of_certificate(cert.public_bytes(serialization.Encoding.DER))
+        self.not_before: datetime = cert.not_valid_before_utc
+        self.not_after: datetime = cert.not_valid_after_utc
 
     @classmethod
     def from_der(cls, der: bytes) -> "PeerCertificate":
         """Parse a DER certificate (raises ValueError if it is not one)."""
-        cert = x509.load_der_x509_certificate(der)
+        return cls(x509.load_der_x509_certificate(der), fingerprints.of_certificate(der))
+
+    @cached_property
+    def subject(self) -> str:
+        """The subject, RFC 4514 (printable, short)."""
+        return _text(self.cert.subject.rfc4514_string())
+
+    @cached_property
+    def issuer(self) -> str:
+        """The issuer, RFC 4514 (printable, short)."""
+        return _text(self.cert.issuer.rfc4514_string())
+
+    @cached_property
+    def key_type(self) -> str:
+        """The key type, as the call's record shows it."""
+        return key_type(self.cert)
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """SAN DNS names and IP addresses, then the subject's CNs."""
         names: list[str] = []
         try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            san = self.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             names += [_text(n) for n in san.get_values_for_type(x509.DNSName)]
             names += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
         except (x509.ExtensionNotFound, ValueError):
             pass
-        names += [_text(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        return cls(
-            fingerprint=fingerprints.of_certificate(der),
-            subject=_text(cert.subject.rfc4514_string()),
-            issuer=_text(cert.issuer.rfc4514_string()),
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            key_type=key_type(cert),
-            names=tuple(names[:64]),
-        )
+        names += [_text(a.value) for a in self.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        return tuple(names[:64])
 
     def validity_problem(self, now: float) -> str | None:
         """Why the certificate is not in date at C{now} (seconds since the epoch), if it is not."""
@@ -137,6 +147,7 @@ def key_type(cert: x509.Certificate) -> str:
     return "x509"
 
 
-def der_of(cert: Any) -> bytes:
-    """The DER bytes of a pyOpenSSL X509 (what Twisted's getPeerCertificate gives)."""
-    return cert.to_cryptography().public_bytes(serialization.Encoding.DER)
+def from_pyopenssl(cert: Any) -> PeerCertificate:
+    """A L{PeerCertificate} from a pyOpenSSL X509 (what OpenSSL's verify callback gives)."""
+    fingerprint = cert.digest("sha256").decode("ascii").upper()
+    return PeerCertificate(cert.to_cryptography(), fingerprint)
