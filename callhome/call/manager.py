@@ -26,6 +26,7 @@ from callhome.actions.chains import Chains, build_chains
 from callhome.actions.runner import StepOutcome, run_chain
 from callhome.call.admission import Admission
 from callhome.call.record import Outcome
+from callhome.call.unknown import unknown_certificate, unknown_host_key
 from callhome.config import Config, Device, NetconfSettings
 from callhome.logs import LevelLogger
 from callhome.metrics import Metrics
@@ -263,48 +264,8 @@ class Manager:
         record = call.call
         assert record is not None
         if certificate is not None:
-            return self._unknown_certificate(call, certificate)
-        if self.config.unknown_devices == "accept":
-            assert self.config.default_profile is not None
-            name = "unknown-" + re.sub(r"[^A-Za-z0-9]", "", fingerprint[len("SHA256:"):])[:16]
-            self.log.warn(
-                "accepting unknown device {fingerprint} ({key_type}) from {peer} as {name} "
-                "(unknown_devices: accept)",
-                fingerprint=fingerprint, key_type=key_type, peer=record.peer, name=name,
-            )
-            return Device.from_profile(name, frozenset([fingerprint]), self.config.default_profile)
-        record.end(Outcome.UNKNOWN_HOST_KEY, "unknown host key (quarantined)")
-        self.registry.quarantine(fingerprint, key_type, record.peer)
-        self.log.warn(
-            "refused call from {peer}: unknown host key {fingerprint} ({key_type}) quarantined; no credentials sent",
-            peer=record.peer, fingerprint=fingerprint, key_type=key_type,
-        )
-        return None
-
-    def _unknown_certificate(self, call: "CallConnection", certificate: "PeerCertificate") -> Device | None:
-        """An unknown TLS certificate: quarantined with who it says it is, or accepted (lab)."""
-        record = call.call
-        assert record is not None
-        fingerprint = certificate.fingerprint
-        if self.config.unknown_devices == "accept":
-            profile = self.config.default_profile
-            if profile is None or profile.tls is None:
-                record.end(Outcome.UNKNOWN_CERTIFICATE, "unknown certificate (unknown_devices: accept, but defaults have no TLS identity)")
-                return None
-            name = "unknown-" + fingerprint.replace(":", "")[:16].lower()
-            self.log.warn(
-                "accepting unknown certificate {fingerprint} ({subject}) from {peer} as {name} (unknown_devices: accept)",
-                fingerprint=fingerprint, subject=certificate.subject, peer=record.peer, name=name,
-            )
-            return Device.from_profile(name, frozenset(), profile, certificates=frozenset([fingerprint]))
-        record.end(Outcome.UNKNOWN_CERTIFICATE, f"unknown certificate (quarantined; subject {certificate.subject})")
-        self.registry.quarantine(fingerprint, certificate.key_type, record.peer, certificate=certificate.summary())
-        self.log.warn(
-            "refused TLS call from {peer}: unknown certificate {fingerprint} ({subject}, issued by {issuer}) "
-            "quarantined; nothing sent",
-            peer=record.peer, fingerprint=fingerprint, subject=certificate.subject, issuer=certificate.issuer,
-        )
-        return None
+            return unknown_certificate(self.config, self.registry, record, certificate)
+        return unknown_host_key(self.config, self.registry, record, fingerprint, key_type)
 
     def netconf_settings(self, device: Device) -> NetconfSettings:
         """The NETCONF settings for a device's session."""

@@ -26,8 +26,8 @@ import yaml
 # string without building (and, for some kinds, binding) the endpoint.
 from twisted.internet.endpoints import _parseServer
 
-from callhome import fingerprints
 from callhome.algorithms import LEGACY_NAMES
+from callhome.config.identities import Identities
 from callhome.config.node import Node, kind
 from callhome.config.secrets import TLS_IDENTITY_KEYS, SecretReader
 from callhome.config.model import (
@@ -47,7 +47,6 @@ from callhome.config.model import (
     StepSpec,
     StoreSettings,
     TlsSettings,
-    tls_name_key,
 )
 
 _CREDENTIAL_KEYS = (
@@ -450,7 +449,7 @@ class _Reader:
         have_ca: bool = False,
     ) -> Iterator[Device]:
         names: dict[str, str] = {}
-        owners: dict[str, str] = {}
+        identities = Identities()
         allowed = ("name", "host_keys", "certificates", "tls_names", "group") + _PROFILE_KEYS
         for device_node in node.items():
             fields = device_node.mapping(allowed)
@@ -469,44 +468,9 @@ class _Reader:
                     "missing host_keys: the device is known only by its SSH host key "
                     "(or, calling over TLS, by its certificates or tls_names)"
                 )
-            host_keys = set()
-            for entry in (fields["host_keys"].items() if "host_keys" in fields else []):
-                try:
-                    fp = fingerprints.from_entry(entry.text())
-                except fingerprints.FingerprintError as e:
-                    raise entry.error(str(e)) from None
-                if fp in owners and owners[fp] != name:
-                    raise entry.error(f"host key {fp} is already listed for device {owners[fp]!r}")
-                owners[fp] = name
-                host_keys.add(fp)
-            if "host_keys" in fields and not host_keys:
-                raise fields["host_keys"].error("must list at least one host key")
-            certificates = set()
-            for entry in (fields["certificates"].items() if "certificates" in fields else []):
-                try:
-                    fp = fingerprints.normalise_certificate(entry.text())
-                except fingerprints.FingerprintError as e:
-                    raise entry.error(str(e)) from None
-                if fp in owners and owners[fp] != name:
-                    raise entry.error(f"certificate {fp} is already listed for device {owners[fp]!r}")
-                owners[fp] = name
-                certificates.add(fp)
-            if "certificates" in fields and not certificates:
-                raise fields["certificates"].error("must list at least one certificate fingerprint")
-            tls_names: list[str] = []
-            if "tls_names" in fields:
-                if not have_ca:
-                    raise fields["tls_names"].error(
-                        "needs tls_trusted_ca: names identify a device only in a certificate a trusted CA issued")
-                tls_names = [entry.text() for entry in fields["tls_names"].items()]
-                if not tls_names:
-                    raise fields["tls_names"].error("must list at least one name")
-                for index, tls_name in enumerate(tls_names):
-                    key = tls_name_key(tls_name)
-                    if key in owners and owners[key] != name:
-                        raise ConfigError(fields["tls_names"].child_path(index),
-                                          f"name {tls_name!r} is already listed for device {owners[key]!r}")
-                    owners[key] = name
+            host_keys = identities.host_keys(fields.get("host_keys"), name)
+            certificates = identities.certificates(fields.get("certificates"), name)
+            tls_names = identities.tls_names(fields.get("tls_names"), name, have_ca)
             group = None
             layers = [fields]
             if "group" in fields:
@@ -519,4 +483,4 @@ class _Reader:
             profile = self.profile(layers, device_node.path, chains, ssh=bool(host_keys),
                                    tls=bool(certificates or tls_names))
             assert profile is not None
-            yield Device.from_profile(name, frozenset(host_keys), profile, group, frozenset(certificates), tuple(tls_names))
+            yield Device.from_profile(name, host_keys, profile, group, certificates, tls_names)

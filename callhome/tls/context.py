@@ -19,7 +19,7 @@ it has read the server's, so the choice can follow the device's identity.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -31,8 +31,16 @@ from zope.interface import implementer
 from callhome.config import TlsIdentity
 from callhome.tls.certificates import ChainError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from callhome.tls.call import TlsCall
+
+
+class VerifyListener(Protocol):
+    """What the verify callback tells a call (L{callhome.tls.call.TlsCall}), named here so this module does not import it."""
+
+    def chain_complaint(self, complaint: ChainError) -> None:
+        """OpenSSL's chain check complained."""
+
+    def leaf_seen(self, certificate: crypto.X509, connection: SSL.Connection) -> None:
+        """The device's own certificate, mid-handshake."""
 
 #: TLS 1.2 cipher suites: ECDHE with AEAD only (TLS 1.3's are all modern).
 CIPHERS = (
@@ -126,7 +134,7 @@ class CallTlsOptions:
         connection.use_privatekey(loaded.key)
 
 
-def _call_of(connection: SSL.Connection) -> "TlsCall | None":
+def _call_of(connection: SSL.Connection) -> VerifyListener | None:
     tls_protocol = connection.get_app_data()
     call = getattr(tls_protocol, "wrappedProtocol", None)
     return call if hasattr(call, "chain_complaint") else None
