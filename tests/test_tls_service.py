@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from twisted.internet import reactor, task
+
 from tests.service_harness import RunningService, free_port, start_device, wait_for
 from tests.tls_certs import issue
 
@@ -75,3 +77,28 @@ class TlsServiceTests(RunningService):
         disconnected = await self.post("/devices/edge/disconnect")
         self.assertEqual(disconnected.code, 200, disconnected.body)
         self.assertEqual(await tls_device.ended, 0, tls_device.output)
+
+    async def test_tls_calls_with_workers(self) -> None:
+        """workers: 2: the worker inherits the TLS listener too and serves the calls; the main process's metrics count them."""
+        self.tls_setup()
+        identity = f"tls_certificate: {self.manager_pem}, tls_private_key: {self.manager_key_pem}"
+        self.start_tls(f'[{{name: edge, certificates: ["{self.device_cert.fingerprint}"], {identity}}}]', extra="workers: 2\n")
+        pool = self.service.pool
+        assert pool is not None
+        await wait_for(lambda: 1 in pool.workers and pool.workers[1].pid is not None, what="worker 1 ready")
+        # The main process stops accepting: every call goes to the worker.
+        for listener in self.service.listeners.values():
+            listener.port.stopReading()
+        for _ in range(6):
+            device = self.tls_call(self.device_pem, self.device_key_pem)
+            self.assertEqual(await device.ended, 0, device.output)
+
+        async def accepted() -> str:
+            return (await self.get("/metrics")).body.decode()
+
+        for _ in range(100):
+            text = await accepted()
+            if 'callhome_calls_finished_total{outcome="ok",transport="tls"} 6.0' in text:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertIn('callhome_calls_finished_total{outcome="ok",transport="tls"} 6.0', text)

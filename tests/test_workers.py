@@ -287,10 +287,10 @@ class MergedMetricsTests(TestCase):
 
     def test_counters_and_histograms_add_up_shared_gauges_do_not(self):
         main, worker = Metrics(), Metrics()
-        main.calls_accepted.inc()
-        worker.calls_accepted.inc(2)
+        main.calls_accepted.labels("ssh").inc()
+        worker.calls_accepted.labels("ssh").inc(2)
         worker.rpc_done("get", "ok", 0.02)
-        worker.calls_finished.labels("auth-failed").inc()
+        worker.calls_finished.labels("auth-failed", "ssh").inc()
         main.live(lambda: 1, lambda: 2, lambda: 10, lambda: 3, lambda: 100)
         worker.live(lambda: 4, lambda: 5, lambda: 99, lambda: 99, lambda: 50)
         text = main.exposition([worker.samples()]).decode()
