@@ -24,8 +24,13 @@ setup(
     ],
     extras_require={
         # mypy runs in ./scripts/test: mypy-zope reads Twisted's interfaces as types.
-        "test": ["pytest>=8", "asyncssh>=2.14", "mypy>=1.10", "mypy-zope>=1.0", "types-lxml", "types-PyYAML", "hypothesis>=6"],
-        "bench": ["asyncssh>=2.14"],
+        "test": [
+            "pytest>=8", "asyncssh>=2.14", "mypy>=1.10", "mypy-zope>=1.0", "types-lxml", "types-PyYAML", "hypothesis>=6",
+            "psycopg[binary]>=3.1",
+        ],
+        # store.database: postgresql://... (a cluster of instances, issue 13)
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "bench": ["asyncssh>=2.14", "psycopg[binary]>=3.1"],
     },
     entry_points={
         "console_scripts": [

@@ -25,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from callhome.logs import LevelLogger
+from callhome.storage.database import Database
 
 #: <UTC stamp>-<action>[-n].xml, as ResultsWriter.save names results.
 _STAMPED = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(.+?)(?:-\d+)?\.xml$")
@@ -68,10 +69,17 @@ def _name_facts(name: str, mtime: float) -> tuple[str, float]:
     return match.group(2), stamp.timestamp()
 
 
-def reconcile(connection: sqlite3.Connection, results_dir: Path, log: LevelLogger) -> Reconciled:
-    """Make the results table and C{results_dir} agree (see the module's docstring)."""
+def reconcile(connection: Any, database: Database, results_dir: Path, log: LevelLogger, instance: str | None = None) -> Reconciled:
+    """
+    Make the results table and C{results_dir} agree (see the module's
+    docstring).  In a cluster only this C{instance}'s rows are its files.
+    """
     found = Reconciled()
-    rows = connection.execute("SELECT id, path, missing FROM results").fetchall()
+    sql = database.sql
+    if instance is None:
+        rows = connection.execute("SELECT id, path, missing FROM results").fetchall()
+    else:
+        rows = connection.execute(sql("SELECT id, path, missing FROM results WHERE instance = ?"), (instance,)).fetchall()
     known = {os.path.realpath(path) for _, path, _ in rows}
     root = Path(results_dir)
     new_rows: list[tuple[str, str, float, str, int, str]] = []
@@ -103,13 +111,16 @@ def reconcile(connection: sqlite3.Connection, results_dir: Path, log: LevelLogge
                 new_rows.append((relative.parts[0], action, when, path, size, digest))
     gone = [row_id for row_id, path, missing in rows if missing is None and not os.path.exists(path)]
     now = time.time()
-    connection.execute("BEGIN IMMEDIATE")
+    database.begin_migration(connection)
     try:
-        connection.executemany(
-            "INSERT INTO results (device, action, time, path, size, sha256, session) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-            new_rows,
-        )
-        connection.executemany("UPDATE results SET missing = ? WHERE id = ?", [(now, row_id) for row_id in gone])
+        cursor = connection.cursor()
+        if new_rows:
+            cursor.executemany(
+                sql("INSERT INTO results (device, action, time, path, size, sha256, session, instance) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"),
+                [(*row, instance) for row in new_rows],
+            )
+        if gone:
+            cursor.executemany(sql("UPDATE results SET missing = ? WHERE id = ?"), [(now, row_id) for row_id in gone])
     except BaseException:
         connection.execute("ROLLBACK")
         raise

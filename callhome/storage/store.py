@@ -1,6 +1,7 @@
 """
 The store: results metadata, events, notifications, device status,
-quarantine and enrollments in SQLite.
+quarantine and enrollments in SQLite (the embedded default) or PostgreSQL
+(a cluster's shared database; L{callhome.storage.database}).
 
 Result payloads stay files in ``results_dir`` (written atomically by
 L{callhome.storage.results.ResultsWriter}); the database keeps their metadata
@@ -23,10 +24,8 @@ refused rather than guessed at.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from callhome.logs import LevelLogger
 from callhome.reactor import IServiceReactor
+from callhome.storage.database import Database, SQLiteDatabase
 from callhome.storage.reconcile import Reconciled, reconcile
 
 #: ordered schema migrations: (version, statements).  Never edit a released
@@ -75,6 +75,20 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (4, (
         "ALTER TABLE quarantine ADD COLUMN certificate TEXT",
     )),
+    # 5: a cluster of instances on one (PostgreSQL) database: rows name the
+    # instance that wrote them; instances and their session claims (leases);
+    # result payloads in the database, in chunks, so any instance serves them.
+    (5, (
+        "ALTER TABLE results ADD COLUMN instance TEXT",
+        "ALTER TABLE events ADD COLUMN instance TEXT",
+        "CREATE TABLE instances (name TEXT PRIMARY KEY, advertise TEXT, host TEXT, pid INTEGER,"
+        " started REAL NOT NULL, heartbeat REAL NOT NULL, stopped REAL)",
+        "CREATE TABLE sessions (device TEXT PRIMARY KEY, instance TEXT NOT NULL, call TEXT NOT NULL,"
+        " transport TEXT, peer TEXT, since REAL NOT NULL, lease_until REAL NOT NULL)",
+        "CREATE INDEX sessions_by_instance ON sessions (instance)",
+        "CREATE TABLE payloads (result INTEGER NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,"
+        " PRIMARY KEY (result, seq))",
+    )),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -102,89 +116,84 @@ class Snapshot:
     enrollments: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _connect(path: str, durable: bool = False) -> sqlite3.Connection:
-    # Autocommit mode: migrations run their own BEGIN/COMMIT, because the
-    # sqlite3 module's implicit transactions do not cover DDL.
-    connection = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-    _configure(connection, durable)
-    return connection
-
-
-def _configure(connection: sqlite3.Connection, durable: bool = False) -> None:
-    # WAL: readers (the API, a backup with sqlite3 .backup) never block the
-    # writer.  NORMAL sync survives a process crash (SIGKILL); FULL
-    # (store.durable) also survives the machine losing power, at an fsync
-    # per commit.
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-    connection.execute("PRAGMA foreign_keys=ON")
-
-
-def schema_version(connection: sqlite3.Connection) -> int:
+def schema_version(connection: Any, database: Database | None = None) -> int:
     """The schema version of a database (0 for an empty one)."""
-    exists = connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
-    ).fetchone()
-    if not exists:
+    database = database if database is not None else SQLiteDatabase(":memory:")
+    if not database.has_table(connection, "schema_version"):
         return 0
     row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
 
 
-def migrate(connection: sqlite3.Connection, upto: int = SCHEMA_VERSION, log: LevelLogger | None = None) -> int:
+def migrate(
+    connection: Any, upto: int = SCHEMA_VERSION, log: LevelLogger | None = None, database: Database | None = None,
+) -> int:
     """
     Bring a database's schema to version C{upto}; return the version it had.
+    The same migrations run on SQLite and PostgreSQL (L{Database.ddl}).
 
     @raises StoreError: if the database is newer than this code.
     """
-    found = schema_version(connection)
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"database schema version {found} is newer than this callhome understands "
-            f"({SCHEMA_VERSION}): upgrade callhome or restore a backup"
-        )
-    for version, statements in MIGRATIONS:
-        if version <= found or version > upto:
-            continue
-        # One transaction per migration, DDL included: all of it or none, so
-        # a migration cut short (disk full, locked) is simply retried.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if version == 1:
-                connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
-            for statement in statements:
-                connection.execute(statement)
-            connection.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-        if log is not None:
-            log.info("database schema upgraded to version {version}", version=version)
+    database = database if database is not None else SQLiteDatabase(":memory:")
+    unlock = database.lock_schema(connection)
+    try:
+        found = schema_version(connection, database)
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {found} is newer than this callhome understands "
+                f"({SCHEMA_VERSION}): upgrade callhome or restore a backup"
+            )
+        for version, statements in MIGRATIONS:
+            if version <= found or version > upto:
+                continue
+            # One transaction per migration, DDL included: all of it or none, so
+            # a migration cut short (disk full, locked) is simply retried.
+            database.begin_migration(connection)
+            try:
+                if version == 1:
+                    connection.execute(database.ddl("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)"))
+                for statement in statements:
+                    connection.execute(database.ddl(statement))
+                connection.execute(database.sql("INSERT INTO schema_version VALUES (?, ?)"), (version, time.time()))
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            if log is not None:
+                log.info("database schema upgraded to version {version}", version=version)
+    finally:
+        unlock()
     return found
 
 
-def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+def _rows(cursor: Any) -> list[dict[str, Any]]:
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 class Store:
     """
-    The service's database.
+    The service's database: SQLite (a path) or PostgreSQL (a
+    L{PostgresDatabase}).
 
-    @ivar path: the SQLite file.
-    @ivar pending: writes queued for the next flush, as (SQL, parameters).
+    @ivar database: the database and its dialect.
+    @ivar where: the database as logs name it (no password).
+    @ivar instance: the instance name written with results and events
+        (a cluster's rows say who wrote them).
+    @ivar pending: writes queued for the next flush, as (SQL, parameters),
+        the SQL already in the database's dialect.
     """
 
     log = LevelLogger(namespace="callhome.storage.store")
 
     def __init__(
-        self, path: str | os.PathLike[str], reactor: IServiceReactor, flush_interval: float = 0.5,
-        clock: IReactorTime | None = None, durable: bool = False,
+        self, database: "str | os.PathLike[str] | Database", reactor: IServiceReactor, flush_interval: float = 0.5,
+        clock: IReactorTime | None = None, durable: bool = False, instance: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.database: Database = database if isinstance(database, Database) else SQLiteDatabase(database, durable)
+        self.where = self.database.describe()
         self.durable = durable
+        self.instance = instance
         #: what start-up reconciliation found (L{open} with a results directory).
         self.reconciled: Reconciled | None = None
         self.reactor = reactor
@@ -211,36 +220,28 @@ class Store:
 
         @raises StoreError: if the database cannot be opened or is too new.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        database = self.database
         try:
-            connection = _connect(str(self.path), self.durable)
+            connection = database.connect()
             try:
-                found = migrate(connection, log=self.log)
+                found = migrate(connection, log=self.log, database=database)
                 if results_dir is not None:
-                    self.reconciled = reconcile(connection, results_dir, self.log)
+                    instance = self.instance if database.kind == "postgresql" else None
+                    self.reconciled = reconcile(connection, database, results_dir, self.log, instance)
                 if found == 0:
-                    self.log.info("created database {path} (schema version {version})", path=str(self.path), version=SCHEMA_VERSION)
-                snapshot = Snapshot(
-                    devices=_rows(connection.execute("SELECT * FROM devices")),
-                    quarantine=_rows(connection.execute("SELECT * FROM quarantine")),
-                    enrollments=_rows(connection.execute("SELECT fingerprint, name, grp AS 'group', approved_at FROM enrollments")),
-                )
+                    self.log.info("created database {path} (schema version {version})", path=self.where, version=SCHEMA_VERSION)
+                snapshot = read_snapshot(connection)
             finally:
                 connection.close()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open database {self.path}: {e}") from None
-        # One connection on one thread: SQLite has one writer anyway, and a
-        # single FIFO thread makes every read see the writes queued before it.
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3", str(self.path), check_same_thread=False, timeout=30,
-            cp_min=1, cp_max=1, cp_openfun=functools.partial(_configure, durable=self.durable), cp_reactor=self.reactor,
-        )
+        except database.errors as e:
+            raise StoreError(f"cannot open database {self.where}: {str(e).strip()}") from None
+        self._pool = database.pool(self.reactor)
         return snapshot
 
     # --- writes (queued) -------------------------------------------------------------
 
     def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
-        self.pending.append((sql, parameters))
+        self.pending.append((self.database.sql(sql), parameters))
         # While writes fail, the retry timer paces them: no flush per record.
         if len(self.pending) >= FLUSH_BATCH and self.failing is None:
             self.flush()
@@ -250,30 +251,36 @@ class Store:
     def add_event(self, kind: str, message: str, device: str | None = None, data: dict[str, Any] | None = None, when: float | None = None) -> None:
         """Record an event (a call's outcome, a quarantine, a reload...)."""
         self._queue(
-            "INSERT INTO events (time, device, kind, message, data) VALUES (?, ?, ?, ?, ?)",
-            (time.time() if when is None else when, device, kind, message, json.dumps(data) if data else None),
+            "INSERT INTO events (time, device, kind, message, data, instance) VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time() if when is None else when, device, kind, message, json.dumps(data) if data else None, self.instance),
         )
 
     def add_result(self, device: str, action: str, path: str, size: int, sha256: str, session: str | None, when: float | None = None) -> None:
         """Record a saved result file's metadata."""
         self._queue(
-            "INSERT INTO results (device, action, time, path, size, sha256, session) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (device, action, time.time() if when is None else when, path, size, sha256, session),
+            "INSERT INTO results (device, action, time, path, size, sha256, session, instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, action, time.time() if when is None else when, path, size, sha256, session, self.instance),
         )
 
     def put_device(self, status: dict[str, Any]) -> None:
         """Insert or replace a device's status row."""
         self._queue(
-            "INSERT OR REPLACE INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint)"
-            " VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint)",
+            "INSERT INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint)"
+            " VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint)"
+            " ON CONFLICT (name) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,"
+            " last_source = excluded.last_source, calls = excluded.calls, last_error = excluded.last_error,"
+            " fingerprint = excluded.fingerprint",
             status,
         )
 
     def put_quarantined(self, pending: dict[str, Any]) -> None:
         """Insert or replace a quarantined host key."""
         self._queue(
-            "INSERT OR REPLACE INTO quarantine (fingerprint, key_type, first_seen, last_seen, last_source, times_seen, certificate)"
-            " VALUES (:fingerprint, :key_type, :first_seen, :last_seen, :last_source, :times_seen, :certificate)",
+            "INSERT INTO quarantine (fingerprint, key_type, first_seen, last_seen, last_source, times_seen, certificate)"
+            " VALUES (:fingerprint, :key_type, :first_seen, :last_seen, :last_source, :times_seen, :certificate)"
+            " ON CONFLICT (fingerprint) DO UPDATE SET key_type = excluded.key_type, first_seen = excluded.first_seen,"
+            " last_seen = excluded.last_seen, last_source = excluded.last_source, times_seen = excluded.times_seen,"
+            " certificate = excluded.certificate",
             {"certificate": None, **pending},
         )
 
@@ -284,7 +291,8 @@ class Store:
     def put_enrollment(self, fingerprint: str, name: str, group: str | None, approved_at: float) -> None:
         """Record an approved device."""
         self._queue(
-            "INSERT OR REPLACE INTO enrollments (fingerprint, name, grp, approved_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO enrollments (fingerprint, name, grp, approved_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (fingerprint) DO UPDATE SET name = excluded.name, grp = excluded.grp, approved_at = excluded.approved_at",
             (fingerprint, name, group, approved_at),
         )
 
@@ -311,7 +319,7 @@ class Store:
             self.writes += count
             if self.failing is not None:
                 self.log.info("database writes work again: {count} queued records written to {path}",
-                              count=count, path=str(self.path))
+                              count=count, path=self.where)
                 self.failing = None
                 self._retry_delay = RETRY_DELAY
 
@@ -324,7 +332,7 @@ class Store:
             reason = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
             if self.failing is None:
                 self.log.error("cannot write {count} records to {path} ({reason}): kept queued, retrying",
-                               count=len(batch), path=str(self.path), reason=reason)
+                               count=len(batch), path=self.where, reason=reason)
             self.failing = reason
             self.pending[:0] = batch
             excess = len(self.pending) - MAX_QUEUED
@@ -343,7 +351,13 @@ class Store:
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> defer.Deferred[list[dict[str, Any]]]:
         """Rows as dicts, read after every write queued so far."""
-        return self.interaction(lambda cursor: _rows(cursor.execute(sql, parameters)))
+        statement = self.database.sql(sql)
+
+        def read(cursor: Any) -> list[dict[str, Any]]:
+            cursor.execute(statement, parameters)
+            return _rows(cursor)
+
+        return self.interaction(read)
 
     def ping(self) -> defer.Deferred[list[dict[str, Any]]]:
         """A trivial read: fails if the database does not answer."""
@@ -355,7 +369,7 @@ class Store:
     ) -> defer.Deferred[list[dict[str, Any]]]:
         """Events oldest first: after an event id, from a time, of a device, of a kind."""
         where, params = _conditions((("id > ?", after_id), ("time >= ?", since), ("device = ?", device), ("kind = ?", kind)))
-        sql = "SELECT id, time, device, kind, message, data FROM events" + where + " ORDER BY id LIMIT ?"
+        sql = "SELECT id, time, device, kind, message, data, instance FROM events" + where + " ORDER BY id LIMIT ?"
         return self.query(sql, [*params, limit])
 
     def results(
@@ -364,7 +378,7 @@ class Store:
     ) -> defer.Deferred[list[dict[str, Any]]]:
         """Result metadata newest first: of a device, an action, a call; before a result id."""
         where, params = _conditions((("device = ?", device), ("action = ?", action), ("session = ?", session), ("id < ?", before_id)))
-        sql = "SELECT id, device, action, time, size, sha256, session, path, missing FROM results" + where + " ORDER BY id DESC LIMIT ?"
+        sql = "SELECT id, device, action, time, size, sha256, session, path, missing, instance FROM results" + where + " ORDER BY id DESC LIMIT ?"
         return self.query(sql, [*params, limit])
 
     def result(self, result_id: int) -> defer.Deferred[dict[str, Any] | None]:
@@ -391,7 +405,7 @@ class Store:
         cutoff = None if keep_days is None else (time.time() if now is None else now) - keep_days * 86400
         # Rows first (committed), files after: a file that cannot be deleted
         # is logged and left, and never blocks the next pass.
-        pruned = self.interaction(_prune, cutoff, keep_per_device)
+        pruned = self.interaction(_prune, self.database, cutoff, keep_per_device)
 
         def remove_files(paths: list[str]) -> defer.Deferred[int]:
             return self.interaction(_unlink_all, paths, self.log)
@@ -420,6 +434,18 @@ class Store:
         return flushed
 
 
+def read_snapshot(connection: Any) -> Snapshot:
+    """The registry's state (blocking; start-up, or a cluster's refresh)."""
+    def rows(statement: str) -> list[dict[str, Any]]:
+        return _rows(connection.execute(statement))
+
+    return Snapshot(
+        devices=rows("SELECT * FROM devices"),
+        quarantine=rows("SELECT * FROM quarantine"),
+        enrollments=rows('SELECT fingerprint, name, grp AS "group", approved_at FROM enrollments'),
+    )
+
+
 def _conditions(pairs: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
     """A WHERE clause of the conditions whose value is given, and their parameters."""
     given = [(condition, value) for condition, value in pairs if value is not None]
@@ -427,30 +453,35 @@ def _conditions(pairs: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
     return where, [v for _, v in given]
 
 
-def _write_batch(cursor: sqlite3.Cursor, batch: list[tuple[str, Sequence[Any] | dict[str, Any]]]) -> int:
+def _write_batch(cursor: Any, batch: list[tuple[str, Sequence[Any] | dict[str, Any]]]) -> int:
     """Write a batch in the transaction adbapi wraps around this call."""
     for sql, parameters in batch:
         cursor.execute(sql, parameters)
     return len(batch)
 
 
-def _prune(cursor: sqlite3.Cursor, cutoff: float | None, keep_per_device: int | None) -> list[str]:
+def _prune(cursor: Any, database: Database, cutoff: float | None, keep_per_device: int | None) -> list[str]:
+    sql = database.sql
     doomed: list[tuple[int, str]] = []
     if cutoff is not None:
-        doomed += cursor.execute("SELECT id, path FROM results WHERE time < ?", (cutoff,)).fetchall()
-        cursor.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+        cursor.execute(sql("SELECT id, path FROM results WHERE time < ?"), (cutoff,))
+        doomed += cursor.fetchall()
+        cursor.execute(sql("DELETE FROM events WHERE time < ?"), (cutoff,))
     if keep_per_device is not None:
-        doomed += cursor.execute(
+        cursor.execute(sql(
             "SELECT id, path FROM (SELECT id, path, ROW_NUMBER() OVER"
-            " (PARTITION BY device ORDER BY id DESC) AS n FROM results) WHERE n > ?",
+            " (PARTITION BY device ORDER BY id DESC) AS n FROM results) AS ranked WHERE n > ?"),
             (keep_per_device,),
-        ).fetchall()
+        )
+        doomed += cursor.fetchall()
     ids = sorted({row[0] for row in doomed})
-    cursor.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in ids])
+    if ids:
+        cursor.executemany(sql("DELETE FROM payloads WHERE result = ?"), [(i,) for i in ids])
+        cursor.executemany(sql("DELETE FROM results WHERE id = ?"), [(i,) for i in ids])
     return sorted({row[1] for row in doomed})
 
 
-def _unlink_all(cursor: sqlite3.Cursor, paths: list[str], log: LevelLogger) -> int:
+def _unlink_all(cursor: Any, paths: list[str], log: LevelLogger) -> int:
     """Delete pruned result files; return how many results were pruned."""
     for path in paths:
         try:
