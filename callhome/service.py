@@ -45,6 +45,8 @@ from callhome.call.registry import Registry
 from callhome.storage.store import Store
 from callhome.tls.factory import TlsCalls
 from callhome.workers.supervisor import WorkerPool
+from callhome.cluster import joining as cluster
+from callhome.cluster.node import ClusterNode
 
 #: seconds between retention passes over the store.
 RETENTION_INTERVAL = 3600.0
@@ -159,7 +161,10 @@ class CallHomeService(MultiService):
         logs.set_level(config.log_level)
         # Built before anything opens: a bad step stops start-up (ConfigError).
         chains = chains if chains is not None else build_chains(config)
-        self.store = Store(config.store.database, reactor, durable=config.store.durable)
+        database = cluster.database_for(config)
+        # On PostgreSQL this instance registers its name first (a taken one is refused).
+        instance = cluster.register(database, config)
+        self.store = Store(database, reactor, durable=config.store.durable, instance=instance)
         # The main process reconciles results_dir with the table for every process.
         snapshot = self.store.open(config.results_dir if worker is None else None)
         self.metrics = Metrics()
@@ -181,6 +186,11 @@ class CallHomeService(MultiService):
         #: the operations the API and the worker link expose.
         self.control = ControlPlane(self.manager, self.store, self.metrics, service=self)
         self.pool: WorkerPool | None = None
+        #: this instance's part in a cluster (PostgreSQL store), else None.
+        self.cluster: ClusterNode | None = None
+        if instance is not None:
+            self.cluster = cluster.join(self.store, self.manager, self.control, config, reactor)
+            self.cluster.setServiceParent(self)
         if worker is None and config.workers > 1:
             # After the listeners: it starts once they are bound.
             self.pool = WorkerPool(reactor, self.manager, config.workers, self.listening_sockets)
@@ -276,10 +286,13 @@ class CallHomeService(MultiService):
             endpoints=", ".join(_show(a) for a in self.addresses()),
             count=len(self.manager.registry.devices()),
             results_dir=str(self.config.results_dir),
-            database=str(self.config.store.database),
+            database=self.store.where,
             api=_show(api) if api is not None else "off",
-            workers=f"; {self.config.workers} processes" if self.config.workers > 1 else "",
+            workers=(f"; {self.config.workers} processes" if self.config.workers > 1 else "")
+            + (f"; cluster instance {self.store.instance}" if self.cluster is not None else ""),
         )
+        if self.cluster is not None and self.config.cluster.advertise is None and api is not None:
+            cluster.advertise(self.store, api)
         self.manager.event("started", "service started")
         if self.handle_signals:
             # After the reactor's own handlers are in place, or they would
@@ -372,7 +385,8 @@ class CallHomeService(MultiService):
         restart = [
             key for key, changed in (
                 ("api", old.api != new.api),
-                ("store.database", old.store.database != new.store.database),
+                ("store.database", old.store.location != new.store.location),
+                ("cluster", old.cluster != new.cluster),
                 ("log", old.log_format != new.log_format),
                 ("listen", processes and listener_keys(old) != listener_keys(new)),
                 ("workers", old.workers != new.workers),

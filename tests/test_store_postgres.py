@@ -17,7 +17,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from callhome.call.registry import Registry
 from callhome.storage import store as store_module
-from callhome.storage.database import PostgresDatabase, SQLiteDatabase, url_without_password
+from callhome.database_url import url_without_password
+from callhome.storage.database import PostgresDatabase, SQLiteDatabase
 from callhome.storage.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
 from tests import pgserver
 from tests.helpers import make_config, new_key, write_key

@@ -11,7 +11,6 @@ call and keeps the counts the service reports.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,8 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class Cluster(Protocol):
     """
-    The other processes serving the same devices (``workers: N``): one
-    device has one session across all of them.
+    The other processes serving the same devices (``workers: N``, the
+    main process's table) or the other instances of a cluster (a
+    PostgreSQL store, L{callhome.cluster.node}): one device has one
+    session across all of them.
     """
 
     def claim(self, device: str, call: "CallConnection") -> bool:

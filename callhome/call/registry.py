@@ -305,6 +305,10 @@ class Registry:
             return
         self._apply_enrollments(entries, ENROLLED_FILE, persist=True)
 
+    def apply_enrollments(self, entries: list[dict[str, Any]], where: str) -> None:
+        """Approvals another process or instance made and stored: into memory."""
+        self._apply_enrollments(entries, where, persist=False)
+
     def _apply_enrollments(self, entries: list[dict[str, Any]], where: str, persist: bool) -> None:
         for raw in entries:
             try:

@@ -12,6 +12,7 @@ from callhome.config.model import (
     MAX_WORKERS,
     AdmissionSettings,
     ApiSettings,
+    ClusterSettings,
     Config,
     ConfigError,
     Credentials,
@@ -24,11 +25,12 @@ from callhome.config.model import (
     TlsIdentity,
     TlsSettings,
 )
-from callhome.config.reader import is_loopback_endpoint, load, loads, parse_step
+from callhome.config.reader import load, loads, parse_step
+from callhome.config.service import is_loopback_endpoint
 
 __all__ = [
     "DEFAULT_API_LISTEN", "DEFAULT_STEP_TIMEOUT", "DEVICE_NAME", "MAX_WORKERS",
-    "AdmissionSettings", "ApiSettings", "Config", "ConfigError", "Credentials", "Device",
+    "AdmissionSettings", "ApiSettings", "ClusterSettings", "Config", "ConfigError", "Credentials", "Device",
     "NetconfSettings", "Profile", "SSHSettings", "StepSpec", "StoreSettings", "TlsIdentity", "TlsSettings",
     "is_loopback_endpoint", "load", "loads", "parse_step",
 ]

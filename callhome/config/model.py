@@ -11,11 +11,17 @@ parsing an RSA key costs ~100 ms and must happen once, at load.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.conch.ssh import keys
+
+
+def default_instance_name() -> str:
+    """The host name: one instance per machine is the common case (made unique at start if taken)."""
+    return socket.gethostname().split(".")[0] or "callhome"
 
 
 class ConfigError(Exception):
@@ -249,6 +255,41 @@ class StoreSettings:
     #: fsync result files and their folder, and SQLite synchronous=FULL:
     #: survives power loss, at an fsync per result and per commit.
     durable: bool = False
+    #: ``store.database: postgresql://user@host:port/dbname``: the cluster's
+    #: shared database (then C{database} is unused).
+    url: str | None = None
+    #: the PostgreSQL password (``store.password_env`` / ``_file``); None:
+    #: libpq's own (PGPASSWORD, .pgpass).
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def location(self) -> str:
+        """The database as configured (a path, or the URL)."""
+        return self.url if self.url is not None else str(self.database)
+
+
+#: seconds a claim of a device's session lives unless its holder renews it.
+DEFAULT_LEASE = 15.0
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """
+    This instance among the others on the same database (``cluster:``).
+
+    @ivar instance: this instance's name (logs, events, /sessions, result
+        rows, metrics labels); unique in the cluster.
+    @ivar lease: seconds after which a session claim its holder stopped
+        renewing (instance killed, machine gone) expires.
+    @ivar advertise: the URL other instances reach this one's API at.
+    """
+
+    instance: str
+    lease: float = DEFAULT_LEASE
+    advertise: str | None = None
+    #: the name was configured (taken: refused) rather than the host name
+    #: (taken: a suffix makes it unique).
+    named: bool = False
 
 
 #: the API's default endpoint: loopback only, so no token is needed.
@@ -303,6 +344,8 @@ class Config:
     #: ``listen_tls``: endpoints for TLS call home (RFC 8071, port 4335).
     listen_tls: tuple[str, ...] = ()
     tls: TlsSettings = TlsSettings()
+    #: ``cluster:``: this instance's name, lease and advertised API.
+    cluster: ClusterSettings = field(default_factory=lambda: ClusterSettings(instance=default_instance_name()))
 
     def device_by_fingerprint(self) -> dict[str, Device]:
         """Index the devices by every host-key and certificate fingerprint they list."""

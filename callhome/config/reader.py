@@ -16,7 +16,6 @@ directory of the process.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -30,13 +29,12 @@ from callhome.algorithms import LEGACY_NAMES
 from callhome.config.identities import Identities
 from callhome.config.node import Node, kind
 from callhome.config.secrets import TLS_IDENTITY_KEYS, SecretReader
+from callhome.config.service import ServiceSections
 from callhome.config.model import (
-    DEFAULT_API_LISTEN,
     DEFAULT_STEP_TIMEOUT,
     DEVICE_NAME,
     MAX_WORKERS,
     AdmissionSettings,
-    ApiSettings,
     Config,
     ConfigError,
     Device,
@@ -45,7 +43,6 @@ from callhome.config.model import (
     Credentials,
     SSHSettings,
     StepSpec,
-    StoreSettings,
     TlsSettings,
 )
 
@@ -58,7 +55,7 @@ _TOP_KEYS = (
     "listen", "listen_tls", "tls_trusted_ca", "tls", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
     "plugin_paths", "step_timeout", "store", "api", "shutdown_grace", "log",
-    "workers",
+    "workers", "cluster",
 )
 
 
@@ -73,20 +70,6 @@ def parse_step(value: Any, path: str, step_timeout: float = DEFAULT_STEP_TIMEOUT
     reader = _Reader({})
     reader.step_timeout = step_timeout
     return reader.step(Node(value, path))
-
-
-def is_loopback_endpoint(description: str) -> bool:
-    """Whether a server endpoint string listens on loopback (or a UNIX socket) only."""
-    kind, args, kwargs = _parseServer(description, None)
-    if str(kind).lower() == "unix":
-        return True
-    interface = kwargs.get("interface", "")
-    if not interface:
-        return False  # all addresses
-    try:
-        return ipaddress.ip_address(interface.strip("[]")).is_loopback
-    except ValueError:
-        return interface == "localhost"
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -115,7 +98,7 @@ def loads(text: str | bytes, source: str = "<string>", environ: Mapping[str, str
     return reader.config(Node(document, ""), source)
 
 
-class _Reader:
+class _Reader(ServiceSections):
     """Turns the YAML document into a L{Config}, key path by key path."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -161,6 +144,9 @@ class _Reader:
                                      tls_settings.trusted_ca_path is not None))
         if listen_tls and not any(d.tls is not None for d in devices) and (default_profile is None or default_profile.tls is None):
             self.warn("listen_tls", "no device, group or defaults set tls_certificate and tls_private_key: every TLS call will be refused")
+        store = self.store(top.get("store", Node({}, "store")))
+        if store.url is not None and "workers" in top and self.workers(top["workers"]) > 1:
+            raise top["workers"].error("with a PostgreSQL store.database, run more instances (a cluster) instead of workers")
         return Config(
             listen=listen,
             results_dir=results_dir,
@@ -177,12 +163,13 @@ class _Reader:
             duplicate_sessions=self.choice(top, "duplicate_sessions", ("replace", "reject"), "replace"),
             admission=self.admission(top.get("admission", Node({}, "admission"))),
             state_dir=state_dir,
-            store=self.store(top.get("store", Node({}, "store"))),
+            store=store,
             api=self.api(top.get("api", Node({}, "api"))),
             shutdown_grace=top["shutdown_grace"].number() if "shutdown_grace" in top else 30.0,
             log_format=self.log_format(top.get("log", Node({}, "log"))),
             log_level=self.log_level(top.get("log", Node({}, "log"))),
             workers=self.workers(top["workers"]) if "workers" in top else 1,
+            cluster=self.cluster(top.get("cluster", Node({}, "cluster"))),
             plugin_paths=plugin_paths,
             warnings=tuple(self.warnings),
         )
@@ -342,54 +329,6 @@ class _Reader:
         except Exception as e:  # the parser raises several kinds on bad input
             raise node.error(f"not a Twisted server endpoint string ({e}); e.g. tcp:4334") from None
         return text
-
-    def store(self, node: Node) -> StoreSettings:
-        fields = node.mapping(("database", "retention", "durable"))
-        database = Path(fields["database"].text()) if "database" in fields else StoreSettings.database
-        days = per_device = None
-        if "retention" in fields and fields["retention"].value is not None:
-            retention = fields["retention"].mapping(("days", "per_device"))
-            if "days" in retention:
-                days = retention["days"].number()
-            if "per_device" in retention:
-                per_device = retention["per_device"].integer()
-        durable = fields["durable"].flag() if "durable" in fields else False
-        return StoreSettings(database=database, retention_days=days, retention_per_device=per_device, durable=durable)
-
-    def api(self, node: Node) -> ApiSettings:
-        fields = node.mapping(("listen", "token", "token_env", "token_file"))
-        listen: str | None = DEFAULT_API_LISTEN
-        if "listen" in fields:
-            listen = None if fields["listen"].value in (None, False, "none", "off") else self.endpoint(fields["listen"])
-        token = self.secrets.secret(fields, "token")
-        if token is not None and not token.strip():
-            given = next(k for k in ("token", "token_env", "token_file") if k in fields)
-            raise fields[given].error("the API token is empty")
-        if listen is not None and token is None and not is_loopback_endpoint(listen):
-            raise ConfigError(
-                "api.listen",
-                f"{listen} is reachable from other hosts: set api.token_file or api.token_env "
-                "(a bearer token), or bind to 127.0.0.1",
-            )
-        return ApiSettings(listen=listen, token=token)
-
-    def log_level(self, node: Node) -> str:
-        fields = node.mapping(("format", "level"))
-        if "level" not in fields:
-            return "info"
-        value = fields["level"].text()
-        if value not in ("debug", "info", "warn", "error"):
-            raise fields["level"].error("must be debug, info, warn or error")
-        return value
-
-    def log_format(self, node: Node) -> str:
-        fields = node.mapping(("format", "level"))
-        if "format" not in fields:
-            return "text"
-        value = fields["format"].text()
-        if value not in ("text", "json"):
-            raise fields["format"].error("must be text or json")
-        return value
 
     def netconf(self, node: Node) -> NetconfSettings:
         keys_ = node.mapping(("offer_base_1_1", "hello_timeout", "rpc_timeout", "max_message_size"))

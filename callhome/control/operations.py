@@ -156,6 +156,8 @@ class ControlPlane:
         self.metrics = metrics
         self.service = service
         self.remote = remote
+        #: this instance's name in a cluster (shown with its sessions), else None.
+        self.instance: str | None = None
 
     # --- devices -----------------------------------------------------------------------
 
@@ -216,8 +218,12 @@ class ControlPlane:
     # --- sessions ----------------------------------------------------------------------
 
     def local_sessions(self) -> list[dict[str, Any]]:
-        """The calls open in this process."""
-        return [session_info(c, capabilities=False) for c in list(self.manager.active)]
+        """The calls open in this process (with the instance's name in a cluster)."""
+        sessions = [session_info(c, capabilities=False) for c in list(self.manager.active)]
+        if self.instance is not None:
+            for info in sessions:
+                info["instance"] = self.instance
+        return sessions
 
     def local_session(self, name: str) -> dict[str, Any] | None:
         """C{name}'s call in this process, with its capabilities, or None."""

@@ -20,29 +20,15 @@ import re
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from twisted.enterprise import adbapi
 
+from callhome.database_url import url_without_password
 from callhome.reactor import IServiceReactor
 
 #: one number for the PostgreSQL advisory lock that serialises migrations
 #: (two instances starting on an empty database); "callhome" in ASCII.
 MIGRATION_LOCK = 0x63616C6C686F6D65
-
-
-def is_database_url(value: str) -> bool:
-    """Whether C{store.database} names PostgreSQL rather than an SQLite file."""
-    return value.startswith(("postgresql://", "postgres://"))
-
-
-def url_without_password(url: str) -> str:
-    """The URL to show an operator: any password in it replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Database:

@@ -248,6 +248,10 @@ class Store:
         elif self._timer is None:
             self._timer = self.clock.callLater(self.flush_interval, self.flush)
 
+    def execute_later(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
+        """Queue one more statement with the writes (written in the next batch)."""
+        self._queue(sql, parameters)
+
     def add_event(self, kind: str, message: str, device: str | None = None, data: dict[str, Any] | None = None, when: float | None = None) -> None:
         """Record an event (a call's outcome, a quarantine, a reload...)."""
         self._queue(
