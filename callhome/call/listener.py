@@ -130,6 +130,9 @@ class ProxiedCall(ProtocolWrapper):
             return  # not complete yet, or refused
         if self._header_timer is not None and self._header_timer.active():
             self._header_timer.cancel()
+        if header_parser._proxyInfo.source is None:
+            self._health_check()
+            return
         source = header_parser.getPeer()
         manager = self.factory.manager
         calls = self.factory.wrappedFactory
@@ -143,6 +146,19 @@ class ProxiedCall(ProtocolWrapper):
         call.makeConnection(self)
         if captured:
             call.dataReceived(b"".join(captured))
+
+    def _health_check(self) -> None:
+        """
+        A PROXY v2 LOCAL header (v1: ``PROXY UNKNOWN``): the balancer's own
+        connection, its health check (HAProxy's ``check-send-proxy``), not a
+        device.  Not admitted, not a call, not a failure: closed quietly.
+        """
+        manager = self.factory.manager
+        manager.health_checks += 1
+        # Debug only: a balancer checks every few hundred milliseconds.
+        manager.log.debug("PROXY health check from the load balancer (LOCAL header): answered by closing")
+        assert self.transport is not None  # set by makeConnection
+        self.transport.loseConnection()
 
     def getPeer(self) -> Any:
         """The device's address from the PROXY header."""

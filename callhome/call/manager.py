@@ -95,6 +95,8 @@ class Manager:
         self.running: set[defer.Deferred[Any]] = set()
         self._drain_waiters: list[defer.Deferred[None]] = []
         self.cluster: Cluster | None = None
+        #: PROXY-protocol health checks of a load balancer (not calls).
+        self.health_checks = 0
         self.counts: Counter[str] = Counter()
         self.notifications_received = 0
         #: bytes received on calls that have ended (open ones are summed live).
