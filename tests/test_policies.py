@@ -76,6 +76,22 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(first.call.call.outcome, "open")
         self.assertEqual(manager.registry.status["edge-1"].status, "connected")
 
+    def test_a_session_we_closed_is_no_duplicate(self):
+        """
+        A device whose session we closed (close-session answered) and that
+        calls back before its old TCP connection is gone (libnetconf2's
+        persistent call home does) is served, under reject too; the old
+        call keeps its own outcome.
+        """
+        manager = memory_manager(self.config("duplicate_sessions: reject", chain="[{get: {}}, {get: {}}]"))
+        first = InMemoryCall(manager, self.factory(netconf_protocol=Stalls))
+        first.run()
+        first.call.session.close_reason = "closed through the API"
+        second = InMemoryCall(manager, self.factory())
+        second.run()
+        self.assertEqual(second.call.call.outcome, "ok", second.call.call.reason)
+        self.assertNotEqual(first.call.call.outcome, "replaced")
+
     def test_quarantine_then_enroll_without_restart(self):
         """
         quarantine: an unknown key is refused without credentials and listed;

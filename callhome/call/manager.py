@@ -234,6 +234,10 @@ class Manager:
             if device is None:
                 return None
         current = self.sessions.get(device.name)
+        if current is not None and current.session is not None and current.session.close_reason is not None:
+            # Closed by us (close-session answered), its TCP connection not
+            # yet gone: the device calling back is no duplicate.
+            current = None
         if current is not None and current is not call:
             if self.config.duplicate_sessions == "reject":
                 record.end(Outcome.DUPLICATE_REFUSED, f"device {device.name} already has a session (duplicate_sessions: reject)")
