@@ -300,3 +300,37 @@ class ProbeTests(TlsCase):
         outcome, reason = self.outcome(call)
         self.assertEqual(outcome, "keepalive-timeout")
         self.assertIn("no answer to 2 NETCONF keepalive probes", reason)
+
+
+class LingeringCloseTests(TlsCase):
+    """A device that answers close-session but never closes its side."""
+
+    def test_a_closing_connection_is_aborted_after_five_seconds(self) -> None:
+        edge = issue("edge")
+        self.configure(f'[{{name: edge, certificates: ["{edge.fingerprint}"], mode: persistent}}]')
+        call, pump = self.connect(self.device(edge).buildProtocol(None))
+        for _ in range(20):
+            pump.flush()
+            self.clock.advance(0.01)
+        self.assertIn("edge", self.manager.sessions)
+
+        class Lingering:
+            """Stands for the TLS transport once our close_notify went unanswered."""
+
+            disconnecting = connected = True
+            aborted = lost = 0
+
+            def loseConnection(self) -> None:
+                self.lost += 1
+
+            def abortConnection(self) -> None:
+                self.aborted += 1
+
+        lingering = Lingering()
+        call.transport = lingering
+        call.session._disconnect("closed by manager")  # the session's own close, as after close-session
+        self.clock.advance(4.9)
+        self.assertEqual(lingering.aborted, 0)
+        self.clock.advance(0.2)
+        self.assertEqual(lingering.aborted, 1, "the abort is armed although the transport was already closing")
+        self.assertEqual(lingering.lost, 0, "no second close_notify")

@@ -140,6 +140,9 @@ class NetconfSession(Protocol):
         self.label = label
         self.hello: xml.Hello | None = None
         self.close_reason: str | None = None
+        #: closes the connection when the session ends it (default: the
+        #: transport's loseConnection); a TLS call bounds the close with it.
+        self.on_disconnect: Callable[[], None] | None = None
         self.hello_received: defer.Deferred[xml.Hello] = defer.Deferred()
         self._hello_expired = False
         self.closed: defer.Deferred[str] = defer.Deferred()
@@ -346,7 +349,10 @@ class NetconfSession(Protocol):
         if self.close_reason is None:
             self.close_reason = reason
         if self.transport is not None and self._connected:
-            self.transport.loseConnection()
+            if self.on_disconnect is not None:
+                self.on_disconnect()
+            else:
+                self.transport.loseConnection()
 
     def _send(self, message: bytes) -> None:
         framer = ChunkedFramer if self._chunked else EndOfMessageFramer

@@ -142,9 +142,13 @@ class TlsCall(TimeoutMixin, Protocol):
     def hang_up(self) -> None:
         """Close the connection: TLS close_notify, then TCP (aborted if the device stalls)."""
         transport = self.transport
-        if transport is None or getattr(transport, "disconnecting", False):
+        if transport is None:
             return
-        transport.loseConnection()
+        # Already closing (the NETCONF session closed it, or an earlier
+        # hang-up): still arm the abort, or a device that answers
+        # close-session but never sends close_notify holds the call for ever.
+        if not getattr(transport, "disconnecting", False):
+            transport.loseConnection()
         # A device that never reads our close_notify must not hold the socket.
         if self._abort_timer is None:
             self._abort_timer = self.manager.clock.callLater(5, _abort_if_open, transport)
@@ -249,6 +253,9 @@ class TlsCall(TimeoutMixin, Protocol):
             label=device.name,
         )
         session.hello_received.addCallbacks(lambda hello: self._netconf_started(session), lambda failure: None)
+        # The session's own close (after close-session, or on a protocol
+        # error) goes through hang_up, which bounds how long TLS may linger.
+        session.on_disconnect = self.hang_up
         session.makeConnection(self.transport)
 
     def _netconf_started(self, session: NetconfSession) -> None:
