@@ -12,9 +12,12 @@ running is refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest
@@ -133,7 +136,7 @@ chains: {{main: [{{get: {{}}}}]}}
         b = self.instance("b", "[]", "unknown_devices: quarantine")
         await self.call(key, port=a.port).ended
         await wait_for(lambda: fp in b.service.manager.registry.pending, what="b sees the quarantined key")
-        approved = await b.post(f"/quarantine/{fp}/approve", b'{"name": "newbox"}', "application/json")
+        approved = await b.post(f"/quarantine/{quote(fp, safe='')}/approve", b'{"name": "newbox"}', "application/json")
         self.assertEqual(approved.code, 200, approved.body)
         await wait_for(lambda: a.service.manager.registry.identify(fp) is not None, timeout=5, what="a knows the approval")
         await self.call(key, port=a.port).ended
@@ -161,6 +164,24 @@ chains: {{main: [{{get: {{}}}}]}}
         self.assertEqual(device["status"], "disconnected")
         self.call(key, port=b.port)
         await wait_for(lambda: "edge" in b.service.manager.sessions, what="edge served after the lease")
+
+    async def test_results_are_served_by_any_instance_without_the_savers_files(self) -> None:
+        key, fp = self.device_key("edge")
+        devices = f'[{{name: edge, host_keys: ["{fp}"]}}]'
+        a, b = self.instance("a", devices), self.instance("b", devices)
+        await self.call(key, port=a.port).ended
+        await wait_for(lambda: a.service.manager.counts.get("ok", 0) == 1, what="the call on a")
+        saved = list((self.tmp / "a" / "results" / "edge").glob("*.xml"))
+        self.assertEqual(len(saved), 1)
+        original = saved[0].read_bytes()
+        await a.service.store.flush()
+        shutil.rmtree(self.tmp / "a" / "results")
+        listed = (await b.get("/results?device=edge")).json()["results"]
+        self.assertEqual([(r["action"], r["instance"]) for r in listed], [("get", "a")])
+        served = await b.get(listed[0]["url"])
+        self.assertEqual(served.code, 200, served.body)
+        self.assertEqual(served.body, original)
+        self.assertEqual(served.header("X-Content-SHA256"), hashlib.sha256(original).hexdigest())
 
     def test_a_name_already_running_is_refused(self) -> None:
         self.instance("a", "[]")

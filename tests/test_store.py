@@ -188,11 +188,11 @@ class FailingWriteTests(TestCase):
         self.refusals = [2]
         real = store_module._write_batch
 
-        def flaky(cursor, batch):  # type: ignore[no-untyped-def]
+        def flaky(cursor, database, batch):  # type: ignore[no-untyped-def]
             if self.refusals[0] > 0:
                 self.refusals[0] -= 1
                 raise sqlite3.OperationalError("database or disk is full")
-            return real(cursor, batch)
+            return real(cursor, database, batch)
 
         self.patch(store_module, "_write_batch", flaky)
 

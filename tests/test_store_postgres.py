@@ -154,6 +154,27 @@ class PostgresStoreTests(TestCase):
         self.assertEqual(list(registry.pending), ["SHA256:" + "A" * 43])
         self.assertEqual(registry.identify("SHA256:" + "B" * 43).name, "approved-box")
 
+    async def test_a_large_payload_goes_in_with_its_row_in_chunks(self) -> None:
+        from callhome.storage import payloads
+
+        store = self.store()
+        store.open()
+        self.addCleanup(store.close)
+        big = self.tmp / "big.xml"
+        content = bytes(range(256)) * (payloads.CHUNK * 5 // 2 // 256 + 7)
+        big.write_bytes(content)
+        store.add_result("edge-1", "get", str(big), len(content), "ab", "c-1")
+        (row,) = await store.results()
+        chunks, seq = [], 0
+        while (chunk := await store.payload_chunk(row["id"], seq)) is not None:
+            self.assertLessEqual(len(chunk), payloads.CHUNK)
+            chunks.append(chunk)
+            seq += 1
+        self.assertEqual(seq, 3)
+        self.assertEqual(b"".join(chunks), content)
+        self.assertEqual(await store.prune(None, 0), 1)
+        self.assertIsNone(await store.payload_chunk(row["id"], 0), "retention deletes the payload too")
+
     async def test_writes_wait_while_the_server_is_down_and_land_when_it_is_back(self) -> None:
         """Nothing queued is lost across a server restart; the failure is counted and reported."""
         store = self.store(flush_interval=0.05)

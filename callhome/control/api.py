@@ -167,11 +167,12 @@ class ManagementApi(Resource):
         try:
             f = open(body.path, "rb")
         except OSError:
+            if body.chunks is not None:
+                self._send_chunks(body, request)
+                return
             self._fail(Failure(errors.Gone("the result's file is gone (removed from results_dir)")), request)
             return
-        request.setHeader("Content-Type", body.content_type)
-        request.setHeader("X-Content-SHA256", body.sha256)
-        request.setHeader("Content-Disposition", f'inline; filename="{body.path.name}"')
+        self._result_headers(body, request)
         done = FileSender().beginFileTransfer(f, request)
 
         def finish(_: Any) -> None:
@@ -180,6 +181,32 @@ class ManagementApi(Resource):
                 request.finish()
 
         done.addBoth(finish)
+
+    @staticmethod
+    def _result_headers(body: ResultFile, request: Request) -> None:
+        request.setHeader("Content-Type", body.content_type)
+        request.setHeader("X-Content-SHA256", body.sha256)
+        request.setHeader("Content-Disposition", f'inline; filename="{body.path.name}"')
+
+    def _send_chunks(self, body: ResultFile, request: Request, seq: int = 0) -> None:
+        """Stream a payload from the database, one chunk in memory at a time."""
+        assert body.chunks is not None
+
+        def got(data: bytes | None) -> None:
+            if _done(request):
+                return
+            if data is None:
+                if seq == 0:
+                    self._fail(Failure(errors.Gone("the result's payload is in neither results_dir nor the database")), request)
+                else:
+                    request.finish()
+                return
+            if seq == 0:
+                self._result_headers(body, request)
+            request.write(data)
+            self._send_chunks(body, request, seq + 1)
+
+        body.chunks(seq).addCallbacks(got, lambda failure: self._fail(failure, request))
 
     def _fail(self, failure: Failure, request: Request) -> None:
         if _done(request):

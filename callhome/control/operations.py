@@ -11,6 +11,7 @@ device's session?" has one answer here whatever holds it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -375,7 +376,8 @@ class ControlPlane:
                 raise NotFound(f"no result {result_id}")
             path = Path(row["path"])
             content_type = "application/xml" if path.suffix == ".xml" else "text/plain; charset=utf-8"
-            return ResultFile(path, row["sha256"], content_type)
+            chunks = functools.partial(self.store.payload_chunk, result_id) if self.store.database.kind == "postgresql" else None
+            return ResultFile(path, row["sha256"], content_type, chunks)
 
         return self.store.result(result_id).addCallback(found)
 

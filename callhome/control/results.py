@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from twisted.internet import defer
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,16 @@ class XmlAnswer:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A saved result's payload on disk, to stream."""
+    """
+    A saved result's payload, to stream: its file on disk or, where the
+    file is not here (another instance saved it, or its machine is gone),
+    its chunks in the database.
+
+    @ivar chunks: chunk number -> that chunk (None past the last), when the
+        store keeps payloads (PostgreSQL).
+    """
 
     path: Path
     sha256: str
     content_type: str
+    chunks: Callable[[int], defer.Deferred[bytes | None]] | None = None

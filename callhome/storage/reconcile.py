@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from callhome.logs import LevelLogger
+from callhome.storage import payloads
 from callhome.storage.database import Database
 
 #: <UTC stamp>-<action>[-n].xml, as ResultsWriter.save names results.
@@ -114,7 +115,11 @@ def reconcile(connection: Any, database: Database, results_dir: Path, log: Level
     database.begin_migration(connection)
     try:
         cursor = connection.cursor()
-        if new_rows:
+        if new_rows and instance is not None:
+            # A cluster's store: the payload goes in with the row.
+            for device, action, when, path, size, digest in new_rows:
+                payloads.insert_result(cursor, database, (device, action, when, path, size, digest, None, instance), path)
+        elif new_rows:
             cursor.executemany(
                 sql("INSERT INTO results (device, action, time, path, size, sha256, session, instance) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"),
                 [(*row, instance) for row in new_rows],

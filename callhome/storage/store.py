@@ -37,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from callhome.logs import LevelLogger
 from callhome.reactor import IServiceReactor
+from callhome.storage import payloads, retention
 from callhome.storage.database import Database, SQLiteDatabase
 from callhome.storage.reconcile import Reconciled, reconcile
 
@@ -101,6 +102,11 @@ MAX_QUEUED = 100_000
 #: seconds between retries of a failed write, doubling up to the maximum.
 RETRY_DELAY = 1.0
 RETRY_DELAY_MAX = 30.0
+
+
+#: a queued write: SQL (in the database's dialect), its parameters, and the
+#: result file whose payload goes in with it (PostgreSQL), if any.
+Queued = tuple[str, "Sequence[Any] | dict[str, Any]", "str | None"]
 
 
 class StoreError(Exception):
@@ -199,7 +205,7 @@ class Store:
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.flush_interval = flush_interval
-        self.pending: list[tuple[str, Sequence[Any] | dict[str, Any]]] = []
+        self.pending: list[Queued] = []
         self._timer: Any = None
         self._pool: adbapi.ConnectionPool | None = None
         self.writes = 0
@@ -240,8 +246,8 @@ class Store:
 
     # --- writes (queued) -------------------------------------------------------------
 
-    def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
-        self.pending.append((self.database.sql(sql), parameters))
+    def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any], payload: str | None = None) -> None:
+        self.pending.append((self.database.sql(sql), parameters, payload))
         # While writes fail, the retry timer paces them: no flush per record.
         if len(self.pending) >= FLUSH_BATCH and self.failing is None:
             self.flush()
@@ -264,6 +270,8 @@ class Store:
         self._queue(
             "INSERT INTO results (device, action, time, path, size, sha256, session, instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (device, action, time.time() if when is None else when, path, size, sha256, session, self.instance),
+            # On PostgreSQL the payload goes in with the row: any instance serves it.
+            path if self.database.kind == "postgresql" else None,
         )
 
     def put_device(self, status: dict[str, Any]) -> None:
@@ -317,7 +325,7 @@ class Store:
             # what is lost rather than fail somewhere nobody sees.
             self.log.warn("store closed: {count} late records not written", count=len(batch))
             return defer.succeed(None)
-        written = self._pool.runInteraction(_write_batch, batch)
+        written = self._pool.runInteraction(_write_batch, self.database, batch)
 
         def done(count: int) -> None:
             self.writes += count
@@ -390,6 +398,12 @@ class Store:
         d = self.query("SELECT path, sha256, device, action FROM results WHERE id = ?", (result_id,))
         return d.addCallback(lambda rows: rows[0] if rows else None)
 
+    def payload_chunk(self, result_id: int, seq: int) -> defer.Deferred[bytes | None]:
+        """Chunk C{seq} of a result's payload in the database (PostgreSQL), or None."""
+        if self.database.kind != "postgresql":
+            return defer.succeed(None)
+        return self.interaction(payloads.read_chunk, self.database, result_id, seq)
+
     def interaction(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """Run C{work(cursor, *args)} on the database thread, after queued writes."""
         self.flush()
@@ -409,10 +423,10 @@ class Store:
         cutoff = None if keep_days is None else (time.time() if now is None else now) - keep_days * 86400
         # Rows first (committed), files after: a file that cannot be deleted
         # is logged and left, and never blocks the next pass.
-        pruned = self.interaction(_prune, self.database, cutoff, keep_per_device)
+        pruned = self.interaction(retention.prune_rows, self.database, cutoff, keep_per_device)
 
         def remove_files(paths: list[str]) -> defer.Deferred[int]:
-            return self.interaction(_unlink_all, paths, self.log)
+            return self.interaction(retention.unlink_all, paths, self.log)
 
         return pruned.addCallback(remove_files)
 
@@ -457,41 +471,11 @@ def _conditions(pairs: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
     return where, [v for _, v in given]
 
 
-def _write_batch(cursor: Any, batch: list[tuple[str, Sequence[Any] | dict[str, Any]]]) -> int:
+def _write_batch(cursor: Any, database: Database, batch: list[Queued]) -> int:
     """Write a batch in the transaction adbapi wraps around this call."""
-    for sql, parameters in batch:
-        cursor.execute(sql, parameters)
+    for sql, parameters, payload in batch:
+        if payload is None:
+            cursor.execute(sql, parameters)
+        else:
+            payloads.insert_result(cursor, database, parameters, payload)
     return len(batch)
-
-
-def _prune(cursor: Any, database: Database, cutoff: float | None, keep_per_device: int | None) -> list[str]:
-    sql = database.sql
-    doomed: list[tuple[int, str]] = []
-    if cutoff is not None:
-        cursor.execute(sql("SELECT id, path FROM results WHERE time < ?"), (cutoff,))
-        doomed += cursor.fetchall()
-        cursor.execute(sql("DELETE FROM events WHERE time < ?"), (cutoff,))
-    if keep_per_device is not None:
-        cursor.execute(sql(
-            "SELECT id, path FROM (SELECT id, path, ROW_NUMBER() OVER"
-            " (PARTITION BY device ORDER BY id DESC) AS n FROM results) AS ranked WHERE n > ?"),
-            (keep_per_device,),
-        )
-        doomed += cursor.fetchall()
-    ids = sorted({row[0] for row in doomed})
-    if ids:
-        cursor.executemany(sql("DELETE FROM payloads WHERE result = ?"), [(i,) for i in ids])
-        cursor.executemany(sql("DELETE FROM results WHERE id = ?"), [(i,) for i in ids])
-    return sorted({row[1] for row in doomed})
-
-
-def _unlink_all(cursor: Any, paths: list[str], log: LevelLogger) -> int:
-    """Delete pruned result files; return how many results were pruned."""
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass  # an operator removed it already
-        except OSError as e:
-            log.warn("retention: cannot delete {path}: {error}", path=path, error=e.strerror)
-    return len(paths)
