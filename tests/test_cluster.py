@@ -182,6 +182,10 @@ chains: {{main: [{{get: {{}}}}]}}
         self.assertEqual(served.code, 200, served.body)
         self.assertEqual(served.body, original)
         self.assertEqual(served.header("X-Content-SHA256"), hashlib.sha256(original).hexdigest())
+        # b's /devices shows what a saw: the device's status is the cluster's.
+        await wait_for(lambda: getattr(b.service.manager.registry.status.get("edge"), "calls", 0) == 1, timeout=15, what="b sees edge's call")
+        device = (await b.get("/devices/edge")).json()
+        self.assertEqual((device["status"], device["calls"]), ("disconnected", 1), device)
 
     def test_a_name_already_running_is_refused(self) -> None:
         self.instance("a", "[]")

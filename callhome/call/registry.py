@@ -403,6 +403,20 @@ class Registry:
         for fp in dropped:
             self.pending.pop(fp, None)
 
+    def mirror_statuses(self, rows: list[dict[str, Any]], skip: Any = ()) -> int:
+        """
+        Other instances' device statuses (rows of the store) into memory,
+        except those changed here and not yet saved, and those in C{skip}
+        (this instance's sessions: it knows them best); how many were taken.
+        """
+        taken = 0
+        for status in _records(DeviceStatus, rows):
+            if status.name in self._dirty_status or status.name in skip or self.device(status.name) is None:
+                continue
+            self.status[status.name] = status
+            taken += 1
+        return taken
+
     def enroll(self, fingerprint: str, name: str, group: str | None, approved_at: float) -> Device:
         """Apply an approval another process made (and stored) to this one's memory."""
         return self._enroll(Enrollment(fingerprint, name, group, approved_at))

@@ -35,6 +35,7 @@ from callhome.cluster import membership
 from callhome.cluster.membership import NOW
 from callhome.control.operations import iso
 from callhome.logs import LevelLogger
+from callhome.storage.store import DEVICE_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.call.connection import CallConnection
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: seconds between two reads of what the other instances hold.
 REFRESH_INTERVAL = 1.0
+#: seconds of device-status changes read again each time (clock skew, late commits).
+DEVICES_OVERLAP = 10.0
 
 
 class ClusterNode(Service):
@@ -65,6 +68,7 @@ class ClusterNode(Service):
         self.elsewhere: dict[str, dict[str, Any]] = {}
         self.advertised: dict[str, str] = {}
         self.unwritten: dict[str, "CallConnection"] = {}
+        self._devices_since = 0.0
         self._loops: list[task.LoopingCall] = []
 
     # --- the service ---------------------------------------------------------------------------
@@ -169,10 +173,15 @@ class ClusterNode(Service):
 
     def refresh(self) -> defer.Deferred[None]:
         """Where the others' sessions are; approvals and quarantine made elsewhere."""
-        d = self.store.interaction(_others, self.store.database, self.instance)
+        # Rows changed since the last look, with a margin for clocks and for
+        # transactions that commit late.
+        d = self.store.interaction(_others, self.store.database, self.instance, self._devices_since - DEVICES_OVERLAP)
 
-        def apply(found: tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]) -> None:
-            sessions, advertised, enrollments, quarantine = found
+        def apply(found: tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+            sessions, advertised, enrollments, quarantine, devices = found
+            if devices:
+                self._devices_since = max(row.pop("updated") or 0.0 for row in devices)
+                self.manager.registry.mirror_statuses(devices, skip=self.manager.sessions)
             self.elsewhere = {row["device"]: row for row in sessions}
             self.advertised = advertised
             registry = self.manager.registry
@@ -212,8 +221,9 @@ def _claim(cursor: Any, database: Any, device: str, instance: str, call: str, tr
     return str(row[0]) if row is not None else None
 
 
-def _others(cursor: Any, database: Any, instance: str) -> tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Sessions held by live claims of other instances, their API URLs, enrollments, quarantine."""
+def _others(cursor: Any, database: Any, instance: str, devices_since: float) -> tuple[
+        list[dict[str, Any]], dict[str, str], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sessions held by live claims of other instances, their API URLs, enrollments, quarantine, changed statuses."""
     def rows(statement: str, *parameters: Any) -> list[dict[str, Any]]:
         cursor.execute(database.sql(statement), parameters)
         names = [d[0] for d in cursor.description]
@@ -223,4 +233,5 @@ def _others(cursor: Any, database: Any, instance: str) -> tuple[list[dict[str, A
     advertised = {r["name"]: r["advertise"] for r in rows("SELECT name, advertise FROM instances WHERE stopped IS NULL") if r["advertise"]}
     enrollments = rows('SELECT fingerprint, name, grp AS "group", approved_at FROM enrollments')
     quarantine = rows("SELECT * FROM quarantine")
-    return sessions, advertised, enrollments, quarantine
+    devices = rows(f"SELECT {DEVICE_COLUMNS}, updated FROM devices WHERE updated >= ? ORDER BY updated", devices_since)
+    return sessions, advertised, enrollments, quarantine, devices

@@ -82,6 +82,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (5, (
         "ALTER TABLE results ADD COLUMN instance TEXT",
         "ALTER TABLE events ADD COLUMN instance TEXT",
+        # When a device's row last changed, so instances read only what changed.
+        "ALTER TABLE devices ADD COLUMN updated REAL",
         "CREATE TABLE instances (name TEXT PRIMARY KEY, advertise TEXT, host TEXT, pid INTEGER,"
         " started REAL NOT NULL, heartbeat REAL NOT NULL, stopped REAL)",
         "CREATE TABLE sessions (device TEXT PRIMARY KEY, instance TEXT NOT NULL, call TEXT NOT NULL,"
@@ -277,12 +279,12 @@ class Store:
     def put_device(self, status: dict[str, Any]) -> None:
         """Insert or replace a device's status row."""
         self._queue(
-            "INSERT INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint)"
-            " VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint)"
+            "INSERT INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint, updated)"
+            " VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint, :updated)"
             " ON CONFLICT (name) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,"
             " last_source = excluded.last_source, calls = excluded.calls, last_error = excluded.last_error,"
-            " fingerprint = excluded.fingerprint",
-            status,
+            " fingerprint = excluded.fingerprint, updated = excluded.updated",
+            {**status, "updated": time.time()},
         )
 
     def put_quarantined(self, pending: dict[str, Any]) -> None:
@@ -452,13 +454,17 @@ class Store:
         return flushed
 
 
+#: a device's status row as the registry reads it.
+DEVICE_COLUMNS = "name, status, last_seen, last_source, calls, last_error, fingerprint"
+
+
 def read_snapshot(connection: Any) -> Snapshot:
     """The registry's state (blocking; start-up, or a cluster's refresh)."""
     def rows(statement: str) -> list[dict[str, Any]]:
         return _rows(connection.execute(statement))
 
     return Snapshot(
-        devices=rows("SELECT * FROM devices"),
+        devices=rows(f"SELECT {DEVICE_COLUMNS} FROM devices"),
         quarantine=rows("SELECT * FROM quarantine"),
         enrollments=rows('SELECT fingerprint, name, grp AS "group", approved_at FROM enrollments'),
     )
