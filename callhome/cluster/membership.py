@@ -75,23 +75,41 @@ def _live_holder(connection: Any, database: Database, name: str, lease: float) -
     return None if row is None else {"host": row[0], "pid": row[1], "age": row[2]}
 
 
-def heartbeat(cursor: Any, database: Database, instance: str, lease: float) -> set[tuple[str, str]]:
+def heartbeat(
+    cursor: Any, database: Database, instance: str, lease: float, local: dict[str, str],
+) -> tuple[set[tuple[str, str]], dict[str, str]]:
     """
     Renew the instance row and every claim it holds (on the database
-    thread); returns the (device, call) claims it still holds: a local
-    session missing from it was taken over by another instance.
+    thread).  Returns the (device, call) claims it still holds, and, for
+    the C{local} sessions (device -> call) it no longer holds, the instance
+    that holds each now (a device with no row at all is missing from it:
+    its claim is simply written again).
     """
     sql = database.sql
     cursor.execute(sql(f"UPDATE instances SET heartbeat = {NOW}, stopped = NULL WHERE name = ?"), (instance,))
     cursor.execute(sql(f"UPDATE sessions SET lease_until = {NOW} + ? WHERE instance = ? RETURNING device, call"), (lease, instance))
-    return {(row[0], row[1]) for row in cursor.fetchall()}
+    held = {(row[0], row[1]) for row in cursor.fetchall()}
+    lost = [device for device, call in local.items() if (device, call) not in held]
+    holders: dict[str, str] = {}
+    if lost:
+        cursor.execute(sql("SELECT device, instance, call FROM sessions WHERE device = ANY(?)"), (lost,))
+        holders = {row[0]: row[1] for row in cursor.fetchall() if (row[1], row[2]) != (instance, local[row[0]])}
+    return held, holders
 
 
-def expire(cursor: Any, database: Database) -> list[dict[str, Any]]:
-    """Delete claims whose lease ran out (their instance died); return them, once, to one instance."""
+def expire(cursor: Any, database: Database, lease: float) -> list[dict[str, Any]]:
+    """
+    Delete claims whose lease ran out and whose instance is gone too (no
+    heartbeat within the lease); return them, once, to one instance.  A
+    live instance's claims are left alone: after the database itself was
+    unreachable for longer than the lease, every lease has run out, and
+    the instances renew them at their next heartbeat.
+    """
     cursor.execute(database.sql(
-        f"DELETE FROM sessions WHERE lease_until < {NOW} RETURNING device, instance, call, peer"
-    ))
+        f"DELETE FROM sessions WHERE lease_until < {NOW} AND NOT EXISTS (SELECT 1 FROM instances"
+        f" WHERE instances.name = sessions.instance AND instances.stopped IS NULL AND instances.heartbeat > {NOW} - ?)"
+        " RETURNING device, instance, call, peer"
+    ), (lease,))
     return [{"device": r[0], "instance": r[1], "call": r[2], "peer": r[3]} for r in cursor.fetchall()]
 
 

@@ -69,6 +69,8 @@ class ClusterNode(Service):
         self.advertised: dict[str, str] = {}
         self.unwritten: dict[str, "CallConnection"] = {}
         self._devices_since = 0.0
+        #: claims that failed since the database last answered one.
+        self.unwritable = 0
         self._loops: list[task.LoopingCall] = []
 
     # --- the service ---------------------------------------------------------------------------
@@ -113,6 +115,10 @@ class ClusterNode(Service):
 
         def verdict(holder: str | None) -> None:
             self.unwritten.pop(device, None)
+            if self.unwritable:
+                self.log.warn("sessions are recorded in the cluster database again ({count} claims failed meanwhile)",
+                              count=self.unwritable)
+                self.unwritable = 0
             if holder is None or self.manager.sessions.get(device) is not call or call.call is None:
                 return
             reason = f"device {device} already has a session on instance {holder} (duplicate_sessions: reject)"
@@ -122,8 +128,10 @@ class ClusterNode(Service):
         def unwritable(failure: Any) -> None:
             if self.manager.sessions.get(device) is call:
                 self.unwritten[device] = call
-            self.log.warn("cannot record the session of {device} in the cluster database ({error}): retrying",
-                          device=device, error=failure.getErrorMessage())
+            self.unwritable += 1
+            if self.unwritable == 1:  # once per outage, not once per call
+                self.log.warn("cannot record sessions in the cluster database ({error}): calls are served, "
+                              "claims retried at each heartbeat", error=failure.getErrorMessage().strip())
 
         written.addCallbacks(verdict, unwritable)
 
@@ -140,19 +148,29 @@ class ClusterNode(Service):
         for device, call in list(self.unwritten.items()):
             if self.manager.sessions.get(device) is call:
                 self._write_claim(device, call)
-        renewed = self.store.interaction(membership.heartbeat, self.store.database, self.instance, self.lease)
-        renewed.addCallback(self._taken_over)
-        renewed.addCallback(lambda _: self.store.interaction(membership.expire, self.store.database))
+        local = {device: call.call.id for device, call in self.manager.sessions.items()
+                 if call.call is not None and device not in self.unwritten}
+        renewed = self.store.interaction(membership.heartbeat, self.store.database, self.instance, self.lease, local)
+        renewed.addCallback(self._taken_over, local)
+        renewed.addCallback(lambda _: self.store.interaction(membership.expire, self.store.database, self.lease))
         return renewed.addCallback(self._expired)
 
-    def _taken_over(self, held: set[tuple[str, str]]) -> None:
-        for device, call in list(self.manager.sessions.items()):
-            record = call.call
-            if record is None or device in self.unwritten or (device, record.id) in held:
-                continue
+    def _taken_over(self, found: tuple[set[tuple[str, str]], dict[str, str]], local: dict[str, str]) -> None:
+        held, holders = found
+        for device, call_id in local.items():
+            call = self.manager.sessions.get(device)
+            record = call.call if call is not None else None
+            if call is None or record is None or record.id != call_id or (device, call_id) in held:
+                continue  # ended meanwhile, or still ours
             if self.clock.seconds() - record.started < self.lease / 3:
                 continue  # its claim may still be on its way
-            reason = "replaced by a new call from the same device on another instance"
+            holder = holders.get(device)
+            if holder is None:
+                # No row at all (its write was lost, or it expired while the
+                # database was away): it is ours, say so again.
+                self._write_claim(device, call)
+                continue
+            reason = f"replaced by a new call from the same device on instance {holder}"
             record.end(Outcome.REPLACED, reason)
             self.log.warn("device {device}: {reason}", device=device, reason=reason)
             self.manager.disconnect(call, reason)

@@ -332,7 +332,9 @@ class Store:
         def done(count: int) -> None:
             self.writes += count
             if self.failing is not None:
-                self.log.info("database writes work again: {count} queued records written to {path}",
+                # warn, as the error it ends: an operator at log.level warn
+                # must see the outage end too.
+                self.log.warn("database writes work again: {count} queued records written to {path}",
                               count=count, path=self.where)
                 self.failing = None
                 self._retry_delay = RETRY_DELAY
