@@ -33,6 +33,16 @@ def set_level(name: str) -> None:
     _minimum = LogLevel.levelWithName(name)
 
 
+#: this instance's name in a cluster (``cluster.instance``), on every JSON line.
+_instance: str | None = None
+
+
+def set_instance(name: str | None) -> None:
+    """Name the cluster instance in every JSON log line from now on."""
+    global _instance
+    _instance = name
+
+
 class LevelLogger(Logger):
     """
     The one logger class of callhome: it drops an event below the
@@ -96,6 +106,8 @@ class JsonLineObserver:
             "namespace": event.get("log_namespace", "-"),
             "message": formatEvent(event),
         }
+        if _instance is not None:
+            line["instance"] = _instance
         for key, value in event.items():
             if not key.startswith("log_") and key not in line and isinstance(value, _PLAIN):
                 line[key] = value

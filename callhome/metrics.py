@@ -58,6 +58,18 @@ class Metrics:
         self.sessions = Gauge("callhome_sessions_open", "Calls connected now (any stage)", registry=r)
         self.devices = Gauge("callhome_devices_known", "Devices the service accepts (configured and enrolled)", registry=r)
         self.quarantined = Gauge("callhome_devices_quarantined", "Unknown host keys waiting for approval", registry=r)
+        self._registry = r
+
+    def set_instance(self, name: str) -> None:
+        """
+        A cluster instance's metrics say whose they are: an info metric,
+        C{callhome_cluster_instance_info{cluster_instance="..."} 1} (not an
+        ``instance`` label on every series: Prometheus sets its own
+        ``instance`` target label, and /metrics is per instance anyway).
+        """
+        info = Gauge("callhome_cluster_instance_info", "This instance of a cluster (cluster.instance)",
+                     ["cluster_instance"], registry=self._registry)
+        info.labels(name).set(1)
 
     def live(
         self,

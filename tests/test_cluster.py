@@ -23,6 +23,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest
 
 from callhome import config as config_module
+from callhome import logs
 from callhome.call.record import Outcome
 from callhome.service import CallHomeService
 from callhome.storage.store import StoreError
@@ -57,6 +58,7 @@ class ClusterTests(RunningService):
             raise SkipTest(reason)
         super().setUp()
         self.url = pgserver.shared().create_database("cluster")
+        self.addCleanup(logs.set_instance, None)
         os.environ["CALLHOME_TEST_PGPASSWORD"] = pgserver.PASSWORD
 
     def instance(self, name: str, devices: str, extra: str = "") -> Instance:
@@ -100,6 +102,8 @@ chains: {{main: [{{get: {{}}}}]}}
         action = await b.post("/devices/edge/rpc", b'{"get-config": {"source": "running"}}', "application/json")
         self.assertEqual(action.code, 200, action.body)
         self.assertTrue(action.json()["ok"])
+        metrics = (await b.get("/metrics")).body.decode()
+        self.assertIn('callhome_cluster_instance_info{cluster_instance="b"} 1.0', metrics)
         gone = await b.post("/devices/edge/disconnect")
         self.assertEqual(gone.code, 200, gone.body)
         await wait_for(lambda: "edge" not in a.service.manager.sessions, what="edge's session on a closed")

@@ -12,6 +12,7 @@ from callhome.cluster import membership
 from callhome.cluster.forwarding import ClusterSessions
 from callhome.cluster.node import ClusterNode
 from callhome.config import Config
+from callhome import logs
 from callhome.logs import LevelLogger
 from callhome.reactor import IServiceReactor
 from callhome.storage.database import Database, PostgresDatabase, SQLiteDatabase
@@ -61,6 +62,8 @@ def join(store: "Store", manager: "Manager", control: "ControlPlane", config: Co
     manager.cluster = node
     control.remote = ClusterSessions(node, reactor, config.api.token, timeout=config.netconf.rpc_timeout + 10)
     control.instance = store.instance
+    control.metrics.set_instance(store.instance)
+    logs.set_instance(store.instance)
     return node
 
 
