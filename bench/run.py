@@ -418,7 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tls", dest="tls", action="store_false", help="skip the SSH vs TLS runs (bench/tls.py)")
     parser.add_argument("--tls-only", action="store_true", help="only the SSH vs TLS runs")
     parser.add_argument("--tls-held", type=int, default=1000, help="persistent sessions of each transport to hold in the TLS run (0: skip)")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="only the cluster run: 1 instance on SQLite, 1 on PostgreSQL, N on PostgreSQL behind HAProxy")
     args = parser.parse_args(argv)
+    if args.cluster:
+        sys.path.insert(0, str(REPO / "bench"))
+        import cluster
+
+        if args.quick:
+            args.sessions, args.concurrency, args.rounds = 20, 10, 1
+        return 0 if cluster.cluster(sys.modules[__name__], args.cluster, args.sessions, args.concurrency, args.rounds) else 1
     if args.quick:
         args.tls_held = 20
     if args.tls_only:
