@@ -230,3 +230,36 @@ class UserAuthTests(SynchronousTestCase):
 
 
 
+
+
+class ChannelOpenFailedTests(SynchronousTestCase):
+    """conch reports a channel that never opened in two ways; both end the call with a reason."""
+
+    def channel(self) -> tuple[object, list[str]]:
+        from callhome.config import NetconfSettings
+        from callhome.ssh.connection import NetconfChannel
+
+        reasons: list[str] = []
+
+        class Side:
+            def fail(self, reason: str) -> None:
+                reasons.append(reason)
+
+        return NetconfChannel(Side(), NetconfSettings()), reasons  # type: ignore[arg-type]
+
+    def test_connection_lost_while_opening(self) -> None:
+        """serviceStopped passes a bare ConnectionLost, not a Failure (a crash before)."""
+        from twisted.internet.error import ConnectionLost
+
+        channel, reasons = self.channel()
+        channel.openFailed(ConnectionLost())  # type: ignore[attr-defined]
+        self.assertEqual(reasons, ["connection lost while opening the session channel"])
+
+    def test_device_refused_the_channel(self) -> None:
+        from twisted.conch.error import ConchError
+        from twisted.python.failure import Failure
+
+        channel, reasons = self.channel()
+        channel.openFailed(Failure(ConchError("administratively prohibited", 1)))  # type: ignore[attr-defined]
+        self.assertEqual(len(reasons), 1)
+        self.assertIn("device refused the session channel", reasons[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 from twisted.conch.ssh import channel, common, connection
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 from callhome.call.record import CallRecord, CallState
@@ -118,9 +118,17 @@ class NetconfChannel(channel.SSHChannel):
         d = self.conn.sendRequest(self, b"subsystem", common.NS(b"netconf"), wantReply=True)
         d.addCallbacks(self._subsystem_started, self._subsystem_refused)
 
-    def openFailed(self, reason: Failure) -> None:
-        """The device would not open a session channel."""
-        self.call_transport.fail(f"device refused the session channel: {reason.value}")
+    def openFailed(self, reason: Failure | BaseException) -> None:
+        """
+        The device would not open a session channel, or the connection
+        ended before it did: conch passes a Failure for a refusal but a bare
+        C{ConnectionLost} from C{serviceStopped}.
+        """
+        error = reason.value if isinstance(reason, Failure) else reason
+        if isinstance(error, ConnectionLost):
+            self.call_transport.fail("connection lost while opening the session channel")
+            return
+        self.call_transport.fail(f"device refused the session channel: {error}")
 
     def _subsystem_started(self, _: object) -> None:
         assert self.call_transport.call is not None
