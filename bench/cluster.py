@@ -41,21 +41,30 @@ def _process_cpu(pid: int) -> float:
 
 
 def _postgres_cpu(data_dir: str) -> float:
-    """CPU seconds of the private server's processes (the postmaster and its backends), ended ones included."""
+    """
+    CPU seconds of the private server: its postmaster (with the backends it
+    has reaped) and the processes it runs now (backends, writer, walwriter).
+    """
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+    except (OSError, ValueError):
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0]
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if os.path.basename(argv0).startswith(b"postgres"):
-            # utime, stime, and the waited-for children's (ended backends).
-            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+        pid, parent = int(entry), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
+        elif parent == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 

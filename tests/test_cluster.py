@@ -13,6 +13,7 @@ running is refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -28,7 +29,7 @@ from callhome.call.record import Outcome
 from callhome.service import CallHomeService
 from callhome.storage.store import StoreError
 from tests import pgserver
-from tests.service_harness import RunningService, free_port, http, wait_for
+from tests.service_harness import RunningService, free_port, http, run_cli, wait_for
 
 GET = b'<get xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"/>'
 
@@ -104,6 +105,10 @@ chains: {{main: [{{get: {{}}}}]}}
         self.assertTrue(action.json()["ok"])
         metrics = (await b.get("/metrics")).body.decode()
         self.assertIn('callhome_cluster_instance_info{cluster_instance="b"} 1.0', metrics)
+        # The CLI against either instance: the same cluster.
+        out, err, code = await run_cli("--api", b.api, "sessions", "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([(s["device"], s["instance"]) for s in json.loads(out)], [("edge", "a")])
         gone = await b.post("/devices/edge/disconnect")
         self.assertEqual(gone.code, 200, gone.body)
         await wait_for(lambda: "edge" not in a.service.manager.sessions, what="edge's session on a closed")
@@ -190,6 +195,29 @@ chains: {{main: [{{get: {{}}}}]}}
         await wait_for(lambda: getattr(b.service.manager.registry.status.get("edge"), "calls", 0) == 1, timeout=15, what="b sees edge's call")
         device = (await b.get("/devices/edge")).json()
         self.assertEqual((device["status"], device["calls"]), ("disconnected", 1), device)
+
+    async def test_duplicates_while_the_database_is_away_are_settled_when_it_is_back(self) -> None:
+        """
+        With PostgreSQL gone, each instance serves the call it gets (two
+        sessions of one device, one per instance: availability first); when
+        the database answers again the policy applies and one session is left.
+        """
+        key, devices = self.persistent()
+        a, b = self.instance("a", devices), self.instance("b", devices)
+        server = pgserver.shared()
+        server.stop("fast")
+        try:
+            self.call(key, port=a.port)
+            await wait_for(lambda: "edge" in a.service.manager.sessions and a.service.manager.sessions["edge"].call.steps, what="edge on a")
+            self.call(key, port=b.port)
+            await wait_for(lambda: "edge" in b.service.manager.sessions and b.service.manager.sessions["edge"].call.steps, what="edge on b")
+            self.assertIn("edge", a.service.manager.sessions, "two instances, two sessions, while the database is away")
+        finally:
+            server.start()
+        holders = lambda: [i.name for i in (a, b) if "edge" in i.service.manager.sessions]  # noqa: E731
+        await wait_for(lambda: len(holders()) == 1, timeout=20, what="one session left")
+        await wait_for(lambda: "edge" in (a if holders() == ["b"] else b).service.cluster.elsewhere, timeout=10,
+                       what="the other instance sees where it is")
 
     def test_a_name_already_running_is_refused(self) -> None:
         self.instance("a", "[]")
