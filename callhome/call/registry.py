@@ -410,8 +410,9 @@ class Registry:
         (this instance's sessions: it knows them best); how many were taken.
         """
         taken = 0
+        known = {device.name for device in self._by_fingerprint.values()}
         for status in _records(DeviceStatus, rows):
-            if status.name in self._dirty_status or status.name in skip or self.device(status.name) is None:
+            if status.name in self._dirty_status or status.name in skip or status.name not in known:
                 continue
             self.status[status.name] = status
             taken += 1

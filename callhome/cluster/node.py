@@ -5,12 +5,13 @@ PostgreSQL database.
 
 * **Claims** (the manager's L{callhome.call.manager.Cluster}): a device's
   session is a row of the ``sessions`` table, with a lease its instance
-  renews every C{lease / 3} seconds.  A claim is written as soon as the
-  device is identified; the call goes on meanwhile (as a worker's claim
-  does), and a refusal (``duplicate_sessions: reject``, the device held by
-  a live instance) ends it.  Under ``replace`` the new claim takes the row;
-  the old holder sees at its next heartbeat that the row is no longer its
-  own and closes its session.
+  renews every C{lease / 3} seconds.  The call goes on while its claim is
+  written (as a worker's claim does).  Under ``reject`` the claim is its
+  own transaction, and a refusal (the device held by a live instance)
+  ends the call a moment after login.  Under ``replace`` it always takes
+  the row, so it simply goes with the store's next batch of writes; the
+  old holder sees at its next heartbeat that the row is no longer its own
+  and closes its session.
 * **Expiry**: a claim not renewed for C{lease} seconds (its instance was
   killed, its machine is gone) is deleted by whichever instance sees it
   first, which records the device as disconnected with the reason.
@@ -44,8 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: seconds between two reads of what the other instances hold.
 REFRESH_INTERVAL = 1.0
-#: seconds of device-status changes read again each time (clock skew, late commits).
-DEVICES_OVERLAP = 10.0
+#: seconds of device-status changes read again each time (late commits; the
+#: times are the database's clock, so no skew between machines).
+DEVICES_OVERLAP = 2.0
 
 
 class ClusterNode(Service):
@@ -109,6 +111,12 @@ class ClusterNode(Service):
         record = call.call
         assert record is not None
         reject = self.manager.config.duplicate_sessions == "reject"
+        if not reject:
+            # replace: the claim always takes the row, so nothing waits for an
+            # answer; it goes with the store's next batch (no transaction of
+            # its own), before any later heartbeat or release of it.
+            self.store.execute_later(claim_statement(reject=False), (device, self.instance, record.id, record.transport, record.peer, self.lease))
+            return
         written = self.store.interaction(
             _claim, self.store.database, device, self.instance, record.id, record.transport, record.peer, self.lease, reject,
         )
@@ -219,19 +227,23 @@ class ClusterNode(Service):
         ]
 
 
+def claim_statement(reject: bool) -> str:
+    """The claim's upsert: under reject it takes only an expired row (or its own)."""
+    condition = f" WHERE sessions.lease_until < {NOW} OR sessions.instance = excluded.instance" if reject else ""
+    return (
+        "INSERT INTO sessions (device, instance, call, transport, peer, since, lease_until)"
+        f" VALUES (?, ?, ?, ?, ?, {NOW}, {NOW} + ?)"
+        " ON CONFLICT (device) DO UPDATE SET instance = excluded.instance, call = excluded.call,"
+        " transport = excluded.transport, peer = excluded.peer, since = excluded.since,"
+        f" lease_until = excluded.lease_until{condition}"
+    )
+
+
 def _claim(cursor: Any, database: Any, device: str, instance: str, call: str, transport: str | None,
            peer: str | None, lease: float, reject: bool) -> str | None:
     """Claim C{device} (database thread); None when claimed, else the live instance holding it."""
     sql = database.sql
-    condition = f" WHERE sessions.lease_until < {NOW} OR sessions.instance = excluded.instance" if reject else ""
-    cursor.execute(sql(
-        f"INSERT INTO sessions (device, instance, call, transport, peer, since, lease_until)"
-        f" VALUES (?, ?, ?, ?, ?, {NOW}, {NOW} + ?)"
-        " ON CONFLICT (device) DO UPDATE SET instance = excluded.instance, call = excluded.call,"
-        " transport = excluded.transport, peer = excluded.peer, since = excluded.since,"
-        f" lease_until = excluded.lease_until{condition} RETURNING device"),
-        (device, instance, call, transport, peer, lease),
-    )
+    cursor.execute(sql(claim_statement(reject) + " RETURNING device"), (device, instance, call, transport, peer, lease))
     if cursor.fetchone() is not None:
         return None
     cursor.execute(sql("SELECT instance FROM sessions WHERE device = ?"), (device,))
@@ -251,5 +263,6 @@ def _others(cursor: Any, database: Any, instance: str, devices_since: float) -> 
     advertised = {r["name"]: r["advertise"] for r in rows("SELECT name, advertise FROM instances WHERE stopped IS NULL") if r["advertise"]}
     enrollments = rows('SELECT fingerprint, name, grp AS "group", approved_at FROM enrollments')
     quarantine = rows("SELECT * FROM quarantine")
-    devices = rows(f"SELECT {DEVICE_COLUMNS}, updated FROM devices WHERE updated >= ? ORDER BY updated", devices_since)
+    devices = rows(f"SELECT {DEVICE_COLUMNS}, updated FROM devices WHERE updated >= ? AND (writer IS NULL OR writer <> ?)"
+                   " ORDER BY updated", devices_since, instance)
     return sessions, advertised, enrollments, quarantine, devices

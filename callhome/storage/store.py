@@ -84,6 +84,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "ALTER TABLE events ADD COLUMN instance TEXT",
         # When a device's row last changed, so instances read only what changed.
         "ALTER TABLE devices ADD COLUMN updated REAL",
+        "ALTER TABLE devices ADD COLUMN writer TEXT",
         "CREATE TABLE instances (name TEXT PRIMARY KEY, advertise TEXT, host TEXT, pid INTEGER,"
         " started REAL NOT NULL, heartbeat REAL NOT NULL, stopped REAL)",
         "CREATE TABLE sessions (device TEXT PRIMARY KEY, instance TEXT NOT NULL, call TEXT NOT NULL,"
@@ -200,6 +201,9 @@ class Store:
     ) -> None:
         self.database: Database = database if isinstance(database, Database) else SQLiteDatabase(database, durable)
         self.where = self.database.describe()
+        # When a row changed, by the database's clock where there is one
+        # server for every instance (PostgreSQL), so instances compare it.
+        self._now = "EXTRACT(EPOCH FROM clock_timestamp())" if self.database.kind == "postgresql" else "julianday('now') * 86400 - 210866760000"
         self.durable = durable
         self.instance = instance
         #: what start-up reconciliation found (L{open} with a results directory).
@@ -279,12 +283,12 @@ class Store:
     def put_device(self, status: dict[str, Any]) -> None:
         """Insert or replace a device's status row."""
         self._queue(
-            "INSERT INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint, updated)"
-            " VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint, :updated)"
+            "INSERT INTO devices (name, status, last_seen, last_source, calls, last_error, fingerprint, updated, writer)"
+            f" VALUES (:name, :status, :last_seen, :last_source, :calls, :last_error, :fingerprint, {self._now}, :writer)"
             " ON CONFLICT (name) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,"
             " last_source = excluded.last_source, calls = excluded.calls, last_error = excluded.last_error,"
-            " fingerprint = excluded.fingerprint, updated = excluded.updated",
-            {**status, "updated": time.time()},
+            " fingerprint = excluded.fingerprint, updated = excluded.updated, writer = excluded.writer",
+            {**status, "writer": self.instance},
         )
 
     def put_quarantined(self, pending: dict[str, Any]) -> None:
