@@ -114,6 +114,8 @@ class PostgresServer:
     def destroy(self) -> None:
         """Stop and remove everything."""
         self.stop("immediate")
+        if os.environ.get("CALLHOME_TEST_KEEP_PG"):  # for a look at postgres.log after a failure
+            return
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def url(self, dbname: str = "postgres") -> str:

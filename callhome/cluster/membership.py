@@ -85,6 +85,7 @@ def heartbeat(
     that holds each now (a device with no row at all is missing from it:
     its claim is simply written again).
     """
+    database.lock_writes(cursor)
     sql = database.sql
     cursor.execute(sql(f"UPDATE instances SET heartbeat = {NOW}, stopped = NULL WHERE name = ?"), (instance,))
     cursor.execute(sql(f"UPDATE sessions SET lease_until = {NOW} + ? WHERE instance = ? RETURNING device, call"), (lease, instance))
@@ -105,6 +106,7 @@ def expire(cursor: Any, database: Database, lease: float) -> list[dict[str, Any]
     unreachable for longer than the lease, every lease has run out, and
     the instances renew them at their next heartbeat.
     """
+    database.lock_writes(cursor)
     cursor.execute(database.sql(
         f"DELETE FROM sessions WHERE lease_until < {NOW} AND NOT EXISTS (SELECT 1 FROM instances"
         f" WHERE instances.name = sessions.instance AND instances.stopped IS NULL AND instances.heartbeat > {NOW} - ?)"
@@ -115,6 +117,7 @@ def expire(cursor: Any, database: Database, lease: float) -> list[dict[str, Any]
 
 def leave(cursor: Any, database: Database, instance: str) -> None:
     """A graceful stop: no claims left, the name free at once."""
+    database.lock_writes(cursor)
     sql = database.sql
     cursor.execute(sql("DELETE FROM sessions WHERE instance = ?"), (instance,))
     cursor.execute(sql(f"UPDATE instances SET stopped = {NOW} WHERE name = ?"), (instance,))

@@ -243,6 +243,7 @@ def _claim(cursor: Any, database: Any, device: str, instance: str, call: str, tr
            peer: str | None, lease: float, reject: bool) -> str | None:
     """Claim C{device} (database thread); None when claimed, else the live instance holding it."""
     sql = database.sql
+    database.lock_writes(cursor)
     cursor.execute(sql(claim_statement(reject) + " RETURNING device"), (device, instance, call, transport, peer, lease))
     if cursor.fetchone() is not None:
         return None

@@ -29,6 +29,8 @@ from callhome.reactor import IServiceReactor
 #: one number for the PostgreSQL advisory lock that serialises migrations
 #: (two instances starting on an empty database); "callhome" in ASCII.
 MIGRATION_LOCK = 0x63616C6C686F6D65
+#: the advisory lock every write transaction of a PostgreSQL store takes first.
+WRITE_LOCK = MIGRATION_LOCK + 1
 
 
 class Database:
@@ -70,6 +72,9 @@ class Database:
     def lock_schema(self, connection: Any) -> Callable[[], None]:
         """Keep other processes from migrating at the same time; returns the unlock."""
         return lambda: None
+
+    def lock_writes(self, cursor: Any) -> None:
+        """Serialise this write transaction with every other instance's (first statement of it)."""
 
 
 class SQLiteDatabase(Database):
@@ -184,6 +189,13 @@ class PostgresDatabase(Database):
     def has_table(self, connection: Any, name: str) -> bool:
         row = connection.execute("SELECT to_regclass(%s)", (name,)).fetchone()
         return row is not None and row[0] is not None
+
+    def lock_writes(self, cursor: Any) -> None:
+        # Instances write the same rows in batches (claims, releases, device
+        # statuses), each batch in its own order: without one lock first,
+        # two batches deadlock (PostgreSQL then waits deadlock_timeout, 1 s,
+        # and aborts one).  A transaction-scoped advisory lock orders them.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
 
     def lock_schema(self, connection: Any) -> Callable[[], None]:
         # A session lock: held across the per-migration transactions.

@@ -14,6 +14,7 @@ from callhome.storage.database import Database
 
 def prune_rows(cursor: Any, database: Database, cutoff: float | None, keep_per_device: int | None) -> list[str]:
     sql = database.sql
+    database.lock_writes(cursor)
     doomed: list[tuple[int, str]] = []
     if cutoff is not None:
         cursor.execute(sql("SELECT id, path FROM results WHERE time < ?"), (cutoff,))

@@ -485,6 +485,7 @@ def _conditions(pairs: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
 
 def _write_batch(cursor: Any, database: Database, batch: list[Queued]) -> int:
     """Write a batch in the transaction adbapi wraps around this call."""
+    database.lock_writes(cursor)
     for sql, parameters, payload in batch:
         if payload is None:
             cursor.execute(sql, parameters)
