@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -22,7 +22,10 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
 #: gauges of state every process shares (the main process's view counts,
 #: not the sum over the worker processes).
-SHARED_GAUGES = frozenset(["callhome_devices_known", "callhome_devices_quarantined"])
+SHARED_GAUGES = frozenset([
+    "callhome_devices_known", "callhome_devices_quarantined", "callhome_devices_overdue",
+    "callhome_device_last_call_timestamp_seconds",
+])
 
 #: RPC latency buckets (seconds): from a LAN device's get to a slow commit.
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -58,7 +61,15 @@ class Metrics:
         self.sessions = Gauge("callhome_sessions_open", "Calls connected now (any stage)", registry=r)
         self.devices = Gauge("callhome_devices_known", "Devices the service accepts (configured and enrolled)", registry=r)
         self.quarantined = Gauge("callhome_devices_quarantined", "Unknown host keys waiting for approval", registry=r)
+        self.overdue = Gauge("callhome_devices_overdue", "Devices that have not called within expect_call_every + expect_grace", registry=r)
+        self._last_calls = _LastCalls()
+        r.register(self._last_calls)
         self._registry = r
+
+    def live_expectations(self, overdue: Callable[[], float], last_calls: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """Devices overdue now, and each device's last call (so Prometheus can alert on it too)."""
+        self.overdue.set_function(overdue)
+        self._last_calls.read = last_calls
 
     def set_instance(self, name: str) -> None:
         """
@@ -164,3 +175,24 @@ class _FunctionCounter(Collector):
     def describe(self) -> Iterator[CounterMetricFamily]:
         """The counter's name and help, without reading it."""
         yield CounterMetricFamily(self.name, self.documentation)
+
+
+class _LastCalls(Collector):
+    """Per device, the time of its last call (seconds since the epoch), read when scraped."""
+
+    name = "callhome_device_last_call_timestamp_seconds"
+    documentation = "When each device last called (or last held a session)"
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Iterable[tuple[str, float]]] = lambda: ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per device that ever called."""
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["device"])
+        for device, seconds in self.read():
+            family.add_metric([device], seconds)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The family's name and help, without reading it."""
+        yield GaugeMetricFamily(self.name, self.documentation, labels=["device"])

@@ -37,6 +37,7 @@ from callhome.config import Config
 from callhome.control.api import api_site
 from callhome.control.errors import ReloadRefused
 from callhome.control.operations import ControlPlane
+from callhome.call.expectations import Expectations
 from callhome.call.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.call.manager import Manager
 from callhome.metrics import Metrics
@@ -185,6 +186,10 @@ class CallHomeService(MultiService):
             self._add_listener(key)
         #: the operations the API and the worker link expose.
         self.control = ControlPlane(self.manager, self.store, self.metrics, service=self)
+        if worker is None:  # devices that did not call: watched where every status is known
+            self.expectations = Expectations(self.manager, reactor)
+            self.expectations.setServiceParent(self)
+            self.metrics.live_expectations(self.expectations.count, self.expectations.last_calls)
         self.pool: WorkerPool | None = None
         #: this instance's part in a cluster (PostgreSQL store), else None.
         self.cluster: ClusterNode | None = None

@@ -35,7 +35,7 @@ from callhome.config import DEVICE_NAME, Config, Device
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.storage.store import Snapshot, Store
 
-STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected")
+STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected", "overdue")
 
 #: quarantined keys kept at most.
 MAX_PENDING = 10_000
@@ -354,7 +354,7 @@ class Registry:
         if not devices and not quarantined:
             devices, quarantined = self._legacy_state()
         for status in _records(DeviceStatus, devices):
-            if status.status not in ("failed-auth", "failed-not-allowed"):
+            if status.status not in ("failed-auth", "failed-not-allowed", "overdue"):
                 # Nothing is connected to a service that has just started.
                 status.status = "disconnected"
             self.status[status.name] = status

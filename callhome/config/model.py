@@ -108,6 +108,10 @@ class Profile:
     idle_timeout: float | None = None
     #: what the manager presents on TLS calls, if set here or above.
     tls: TlsIdentity | None = None
+    #: ``expect_call_every``: seconds between calls the device should make.
+    expect_every: float | None = None
+    #: ``expect_grace``: seconds past that before it is overdue.
+    expect_grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,18 @@ class Device:
     tls_names: tuple[str, ...] = ()
     #: TLS: what the manager presents to this device.
     tls: TlsIdentity | None = None
+    #: ``expect_call_every``: a device that has not called (or, persistent,
+    #: held no session) for this long plus C{expect_grace} is overdue.
+    expect_every: float | None = None
+    expect_grace: float | None = None
+
+    @property
+    def overdue_after(self) -> float | None:
+        """Seconds without a call before the device is overdue (None: no expectation)."""
+        if self.expect_every is None:
+            return None
+        grace = self.expect_grace if self.expect_grace is not None else DEFAULT_GRACE_SHARE * self.expect_every
+        return self.expect_every + grace
 
     @classmethod
     def from_profile(
@@ -142,7 +158,7 @@ class Device:
         return cls(
             name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms,
             profile.mode, profile.on_notification, profile.idle_timeout,
-            certificates, tls_names, profile.tls,
+            certificates, tls_names, profile.tls, profile.expect_every, profile.expect_grace,
         )
 
     @property
@@ -351,6 +367,9 @@ class Config:
         """Index the devices by every host-key and certificate fingerprint they list."""
         return {fp: device for device in self.devices for fp in device.identities}
 
+
+#: ``expect_grace`` unless set: this share of ``expect_call_every``.
+DEFAULT_GRACE_SHARE = 0.1
 
 #: seconds a step may take unless it sets its own timeout (a hung plugin
 #: fails its step instead of holding the session for ever).

@@ -50,7 +50,8 @@ _CREDENTIAL_KEYS = (
     "username", "private_key", "private_key_passphrase", "private_key_passphrase_env",
     "private_key_passphrase_file", "password", "password_env", "password_file",
 )
-_PROFILE_KEYS = _CREDENTIAL_KEYS + TLS_IDENTITY_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout")
+_PROFILE_KEYS = _CREDENTIAL_KEYS + TLS_IDENTITY_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout",
+                                                                  "expect_call_every", "expect_grace")
 _TOP_KEYS = (
     "listen", "listen_tls", "tls_trusted_ca", "tls", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
@@ -302,6 +303,7 @@ class _Reader(ServiceSections):
                 raise notification_node.error(f"no chain named {on_notification!r}")
         idle_node = first("idle_timeout")
         idle = idle_node.number() if idle_node is not None else None
+        expect_every, expect_grace = self.expectation(first("expect_call_every"), first("expect_grace"))
         if chain_node is None or (tls and tls_identity is None):
             return None
         if credentials is None or username_node is None:
@@ -309,7 +311,20 @@ class _Reader(ServiceSections):
                 return None
             # TLS only: the device maps our certificate to a user; no SSH login.
             credentials = Credentials(username=username_node.text() if username_node is not None else "")
-        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle, tls_identity)
+        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle, tls_identity, expect_every, expect_grace)
+
+    @staticmethod
+    def expectation(every_node: Node | None, grace_node: Node | None) -> tuple[float | None, float | None]:
+        """``expect_call_every`` (seconds, > 0) and ``expect_grace`` (seconds, >= 0)."""
+        every = every_node.number() if every_node is not None and every_node.value is not None else None
+        if every is not None and every <= 0:
+            assert every_node is not None
+            raise every_node.error("must be a number of seconds above 0")
+        grace = grace_node.number(float("-inf")) if grace_node is not None and grace_node.value is not None else None
+        if grace is not None and grace < 0:
+            assert grace_node is not None
+            raise grace_node.error("must be a number of seconds, 0 or more")
+        return every, grace
 
     def legacy(self, node: Node) -> frozenset[str]:
         names = set()

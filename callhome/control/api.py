@@ -277,8 +277,8 @@ class ManagementApi(Resource):
         return Reply(resources.files("callhome.control").joinpath("openapi.yaml").read_bytes(), "application/yaml")
 
     def devices(self, request: Request) -> Any:
-        """Every device with its status."""
-        return {"devices": self.control.devices()}
+        """Every device with its status (``?status=overdue``: only those)."""
+        return {"devices": self.control.devices(self._arg(request, "status"))}
 
     def device(self, request: Request, name: str) -> Any:
         """One device, with its current session's capabilities."""

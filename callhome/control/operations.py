@@ -198,9 +198,10 @@ class ControlPlane:
             "session": self._open_session(device.name) is not None or self._held_elsewhere(device.name),
         }
 
-    def devices(self) -> list[dict[str, Any]]:
-        """Every device with its status, by name."""
-        return [self.device_summary(d) for d in sorted(self.manager.registry.devices(), key=lambda d: d.name)]
+    def devices(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every device with its status, by name (only those with C{status}, if given)."""
+        summaries = [self.device_summary(d) for d in sorted(self.manager.registry.devices(), key=lambda d: d.name)]
+        return summaries if status is None else [d for d in summaries if d["status"] == status]
 
     def device(self, name: str) -> Any:
         """One device, with its current session (wherever it is held) and its capabilities."""

@@ -1,7 +1,7 @@
 """
 ``callhome``: the operator's command line, a client of the management API.
 
-    callhome [-c etc/config.yaml] [--api URL] [--json] devices [NAME]
+    callhome [-c etc/config.yaml] [--api URL] [--json] devices [NAME] [--overdue]
     callhome ... sessions
     callhome ... events [--since ID|TIME] [--device D] [--kind K] [--limit N] [--follow]
     callhome ... results [--device D] [--action A] [--limit N]
@@ -173,7 +173,10 @@ def cmd_devices(client: Client, args: argparse.Namespace) -> int:
             for capability in capabilities:
                 print(f"    {capability}")
         return 0
-    devices = client.json("GET", "/devices")["devices"]
+    devices = client.json("GET", "/devices?status=overdue" if args.overdue else "/devices")["devices"]
+    if args.overdue and not devices and not args.json:
+        print("no device is overdue")
+        return 0
     if args.json:
         return _print_json(devices)
     print(_table(
@@ -353,6 +356,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     sub = commands.add_parser("devices", parents=[common], help="list devices and their status, or show one")
     sub.add_argument("name", nargs="?")
+    sub.add_argument("--overdue", action="store_true", help="only the devices that have not called when expected")
     commands.add_parser("sessions", parents=[common], help="list the open sessions")
     sub = commands.add_parser("events", parents=[common], help="list events (oldest first)")
     sub.add_argument("--since", help="an event id or a time (epoch seconds or ISO 8601)")
