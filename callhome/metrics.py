@@ -24,7 +24,7 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 #: not the sum over the worker processes).
 SHARED_GAUGES = frozenset([
     "callhome_devices_known", "callhome_devices_quarantined", "callhome_devices_overdue",
-    "callhome_device_last_call_timestamp_seconds",
+    "callhome_device_last_call_timestamp_seconds", "callhome_devices_by_status",
 ])
 
 #: RPC latency buckets (seconds): from a LAN device's get to a slow commit.
@@ -62,14 +62,21 @@ class Metrics:
         self.devices = Gauge("callhome_devices_known", "Devices the service accepts (configured and enrolled)", registry=r)
         self.quarantined = Gauge("callhome_devices_quarantined", "Unknown host keys waiting for approval", registry=r)
         self.overdue = Gauge("callhome_devices_overdue", "Devices that have not called within expect_call_every + expect_grace", registry=r)
-        self._last_calls = _LastCalls()
+        self._last_calls = _FunctionGauges(
+            "callhome_device_last_call_timestamp_seconds", "When each device last called (or last held a session)", "device")
+        self._by_status = _FunctionGauges("callhome_devices_by_status", "Devices by status (never-called: no call yet)", "status")
         r.register(self._last_calls)
+        r.register(self._by_status)
         self._registry = r
 
-    def live_expectations(self, overdue: Callable[[], float], last_calls: Callable[[], Iterable[tuple[str, float]]]) -> None:
-        """Devices overdue now, and each device's last call (so Prometheus can alert on it too)."""
+    def live_expectations(
+        self, overdue: Callable[[], float], last_calls: Callable[[], Iterable[tuple[str, float]]],
+        by_status: Callable[[], Iterable[tuple[str, float]]],
+    ) -> None:
+        """Devices overdue now, each device's last call (so Prometheus can alert on it too), devices by status."""
         self.overdue.set_function(overdue)
         self._last_calls.read = last_calls
+        self._by_status.read = by_status
 
     def set_instance(self, name: str) -> None:
         """
@@ -177,22 +184,22 @@ class _FunctionCounter(Collector):
         yield CounterMetricFamily(self.name, self.documentation)
 
 
-class _LastCalls(Collector):
-    """Per device, the time of its last call (seconds since the epoch), read when scraped."""
+class _FunctionGauges(Collector):
+    """Gauges with one label, read from the service when scraped (one sample per value of the label)."""
 
-    name = "callhome_device_last_call_timestamp_seconds"
-    documentation = "When each device last called (or last held a session)"
-
-    def __init__(self) -> None:
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
         self.read: Callable[[], Iterable[tuple[str, float]]] = lambda: ()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """One sample per device that ever called."""
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["device"])
-        for device, seconds in self.read():
-            family.add_metric([device], seconds)
+        """The samples, read now."""
+        family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, number in self.read():
+            family.add_metric([value], number)
         yield family
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The family's name and help, without reading it."""
-        yield GaugeMetricFamily(self.name, self.documentation, labels=["device"])
+        yield GaugeMetricFamily(self.name, self.documentation, labels=[self.label])

@@ -189,7 +189,7 @@ class CallHomeService(MultiService):
         if worker is None:  # devices that did not call: watched where every status is known
             self.expectations = Expectations(self.manager, reactor)
             self.expectations.setServiceParent(self)
-            self.metrics.live_expectations(self.expectations.count, self.expectations.last_calls)
+            self.metrics.live_expectations(self.expectations.count, self.expectations.last_calls, self.expectations.by_status)
         self.pool: WorkerPool | None = None
         #: this instance's part in a cluster (PostgreSQL store), else None.
         self.cluster: ClusterNode | None = None

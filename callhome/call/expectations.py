@@ -131,3 +131,12 @@ class Expectations(Service):
             if last is not None:
                 found.append((device.name, last))
         return found
+
+    def by_status(self) -> list[tuple[str, float]]:
+        """How many devices have each status (``never-called``: no call yet)."""
+        counts: dict[str, float] = {}
+        for device in self.manager.registry.devices():
+            status = self.manager.registry.status.get(device.name)
+            key = status.status if status is not None else "never-called"
+            counts[key] = counts.get(key, 0) + 1
+        return sorted(counts.items())
