@@ -12,6 +12,7 @@ setup(
     packages=find_packages(include=["callhome", "callhome.*"]) + ["twisted.plugins"],
     package_data={
         "callhome.control": ["openapi.yaml"],
+        "callhome.control.page": ["status.html", "status.js"],
         "callhome.simulator": ["datastore.xml", "yang/*.yang"],
         "twisted": ["plugins/callhome_plugin.py"],
     },

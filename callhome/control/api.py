@@ -33,6 +33,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from callhome.control import errors
 from callhome.control.http import MAX_BODY, GuardedSite, PerClientLimit, token_matches
 from callhome.control.operations import WHOLE_NUMBER, ControlPlane
+from callhome.control import page
 from callhome.control.results import ResultFile, XmlAnswer
 from callhome.logs import LevelLogger
 from callhome.metrics import CONTENT_TYPE_LATEST
@@ -125,7 +126,7 @@ class ManagementApi(Resource):
             raise ApiError(404, f"no such resource: {unquote(path)}")
         for m, pattern, handler in matched:
             if m == method:
-                if handler.__name__ != "healthz":
+                if handler.__name__ not in PUBLIC:
                     self._authenticate(request)
                 match = pattern.match(path)
                 assert match is not None
@@ -276,6 +277,18 @@ class ManagementApi(Resource):
         """The API's OpenAPI document as written."""
         return Reply(resources.files("callhome.control").joinpath("openapi.yaml").read_bytes(), "application/yaml")
 
+    def status_page(self, request: Request) -> Reply:
+        """The status page's shell: 401 without the token (when one is set), and no data either way."""
+        headers = dict(page.SECURITY_HEADERS)
+        status = 200
+        if self.token is not None and not token_matches(request.getHeader("authorization"), self.token):
+            status = 401  # the page then asks for the token, and keeps it in the tab
+        return Reply(page.asset("status.html"), "text/html; charset=utf-8", status, headers)
+
+    def status_script(self, request: Request) -> Reply:
+        """The status page's script."""
+        return Reply(page.asset("status.js"), "text/javascript; charset=utf-8", 200, dict(page.SECURITY_HEADERS))
+
     def devices(self, request: Request) -> Any:
         """Every device with its status (``?status=overdue``: only those)."""
         return {"devices": self.control.devices(self._arg(request, "status"))}
@@ -338,6 +351,8 @@ class ManagementApi(Resource):
 
 #: (method, path pattern, handler): the API, as the OpenAPI document lists it.
 ROUTES: tuple[tuple[bytes, str, str], ...] = (
+    (b"GET", "/", "status_page"),
+    (b"GET", "/status.js", "status_script"),
     (b"GET", "/healthz", "healthz"),
     (b"GET", "/metrics", "metrics"),
     (b"GET", "/openapi.json", "openapi_json"),
@@ -354,6 +369,11 @@ ROUTES: tuple[tuple[bytes, str, str], ...] = (
     (b"POST", "/quarantine/([^/]+)/approve", "approve"),
     (b"POST", "/reload", "reload"),
 )
+
+
+#: routes served without the token: probes, and the page's shell and script
+#: (which hold no data; the page asks for the token to read the API).
+PUBLIC = frozenset(["healthz", "status_page", "status_script"])
 
 
 def _done(request: Request) -> bool:
