@@ -78,6 +78,14 @@ class Metrics:
         self._last_calls.read = last_calls
         self._by_status.read = by_status
 
+    def live_alerts(self, sent: Callable[[], float], dropped: Callable[[], float]) -> None:
+        """Webhook events delivered, and dropped after their retries or from a full queue."""
+        sent_counter = _FunctionCounter("callhome_alerts_sent", "Webhook events delivered")
+        dropped_counter = _FunctionCounter("callhome_alerts_dropped", "Webhook events dropped (retries exhausted or queue full)")
+        sent_counter.read, dropped_counter.read = sent, dropped
+        self._registry.register(sent_counter)
+        self._registry.register(dropped_counter)
+
     def set_instance(self, name: str) -> None:
         """
         A cluster instance's metrics say whose they are: an info metric,

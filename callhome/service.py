@@ -30,14 +30,13 @@ from twisted.internet.protocol import ServerFactory
 from twisted.python.failure import Failure
 
 from callhome import config as config_module
-from callhome import logs
+from callhome import logs, operator_view
 from callhome.actions.chains import Chains, build_chains
 from callhome.logs import LevelLogger
 from callhome.config import Config
 from callhome.control.api import api_site
 from callhome.control.errors import ReloadRefused
 from callhome.control.operations import ControlPlane
-from callhome.call.expectations import Expectations
 from callhome.call.listener import CallHomeFactory, ProxiedCallFactory, with_backlog
 from callhome.call.manager import Manager
 from callhome.metrics import Metrics
@@ -186,10 +185,8 @@ class CallHomeService(MultiService):
             self._add_listener(key)
         #: the operations the API and the worker link expose.
         self.control = ControlPlane(self.manager, self.store, self.metrics, service=self)
-        if worker is None:  # devices that did not call: watched where every status is known
-            self.expectations = Expectations(self.manager, reactor)
-            self.expectations.setServiceParent(self)
-            self.metrics.live_expectations(self.expectations.count, self.expectations.last_calls, self.expectations.by_status)
+        #: devices that did not call, webhook alerts.
+        self.operator = operator_view.attach(self, config, self.manager, self.store, self.metrics, reactor, worker is None)
         self.pool: WorkerPool | None = None
         #: this instance's part in a cluster (PostgreSQL store), else None.
         self.cluster: ClusterNode | None = None
@@ -207,6 +204,11 @@ class CallHomeService(MultiService):
             endpoint = serverFromString(reactor, config.api.listen)
             self.api = EndpointListener(config.api.listen, endpoint, api_site(self.control, config.api.token))
             self.api.setServiceParent(self)
+
+    @property
+    def expectations(self) -> Any:
+        """The devices expected to call (the main process only)."""
+        return self.operator.expectations
 
     def _timer(self, interval: float, work: Callable[[], Any]) -> None:
         timer = TimerService(interval, work)

@@ -284,6 +284,26 @@ class StoreSettings:
         return self.url if self.url is not None else str(self.database)
 
 
+#: the events a webhook may ask for (``alerts[].events``), beside any event kind.
+ALERT_EVENTS = ("overdue", "overdue-ended", "quarantine", "auth-failed", "supervision-failed", "call-failed",
+                "lease-expired", "enrolled")
+
+
+@dataclass(frozen=True)
+class AlertTarget:
+    """
+    A webhook (``alerts[]``): events posted as JSON to C{url}.
+
+    @ivar events: which (L{ALERT_EVENTS}).
+    @ivar token: a bearer token sent with each post, if any.
+    """
+
+    url: str
+    events: frozenset[str]
+    token: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+
+
 #: seconds a claim of a device's session lives unless its holder renews it.
 DEFAULT_LEASE = 15.0
 
@@ -360,6 +380,8 @@ class Config:
     #: ``listen_tls``: endpoints for TLS call home (RFC 8071, port 4335).
     listen_tls: tuple[str, ...] = ()
     tls: TlsSettings = TlsSettings()
+    #: ``alerts:``: webhooks.
+    alerts: tuple[AlertTarget, ...] = ()
     #: ``cluster:``: this instance's name, lease and advertised API.
     cluster: ClusterSettings = field(default_factory=lambda: ClusterSettings(instance=default_instance_name()))
 

@@ -56,7 +56,7 @@ _TOP_KEYS = (
     "listen", "listen_tls", "tls_trusted_ca", "tls", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
     "plugin_paths", "step_timeout", "store", "api", "shutdown_grace", "log",
-    "workers", "cluster",
+    "workers", "cluster", "alerts",
 )
 
 
@@ -171,6 +171,7 @@ class _Reader(ServiceSections):
             log_level=self.log_level(top.get("log", Node({}, "log"))),
             workers=self.workers(top["workers"]) if "workers" in top else 1,
             cluster=self.cluster(top.get("cluster", Node({}, "cluster"))),
+            alerts=self.alerts(top.get("alerts", Node(None, "alerts"))),
             plugin_paths=plugin_paths,
             warnings=tuple(self.warnings),
         )

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 from twisted.internet.endpoints import _parseServer
 
 from callhome.config.model import (
+    ALERT_EVENTS,
     DEFAULT_API_LISTEN,
+    AlertTarget,
     DEFAULT_LEASE,
     ApiSettings,
     ClusterSettings,
@@ -147,3 +149,28 @@ class ServiceSections:
         if value not in ("text", "json"):
             raise fields["format"].error("must be text or json")
         return value
+
+    def alerts(self, node: Node) -> tuple[AlertTarget, ...]:
+        """``alerts:``: webhooks, each a URL and the events it wants."""
+        if node.value is None:
+            return ()
+        targets = []
+        for entry in node.items():
+            fields = entry.mapping(("url", "events", "token", "token_env", "token_file", "timeout"))
+            if "url" not in fields:
+                raise entry.error("a webhook needs url")
+            url = fields["url"].text()
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise fields["url"].error(f"{url!r}: an http:// or https:// URL")
+            if "events" not in fields:
+                raise entry.error(f"say which events to post: events: [{', '.join(ALERT_EVENTS[:4])}]")
+            events = []
+            for event in fields["events"].items():
+                name = event.text()
+                if name not in ALERT_EVENTS:
+                    raise event.error(f"{name!r} is not an event (events: {', '.join(ALERT_EVENTS)})")
+                events.append(name)
+            timeout = fields["timeout"].number() if "timeout" in fields else 10.0
+            targets.append(AlertTarget(url, frozenset(events), self.secrets.secret(fields, "token"), timeout))
+        return tuple(targets)

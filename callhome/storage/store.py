@@ -221,6 +221,8 @@ class Store:
         self.write_failures = 0
         self.dropped = 0
         self._retry_delay = RETRY_DELAY
+        #: called with (kind, message, device, data, time) for every event recorded.
+        self.event_observers: list[Callable[[str, str, str | None, dict[str, Any] | None, float], None]] = []
 
     # --- start-up (blocking, before anything is served) ----------------------------
 
@@ -265,7 +267,9 @@ class Store:
         self._queue(sql, parameters)
 
     def add_event(self, kind: str, message: str, device: str | None = None, data: dict[str, Any] | None = None, when: float | None = None) -> None:
-        """Record an event (a call's outcome, a quarantine, a reload...)."""
+        """Record an event (a call's outcome, a quarantine, a reload...); tell the observers (webhooks)."""
+        for observer in self.event_observers:
+            observer(kind, message, device, data, time.time() if when is None else when)
         self._queue(
             "INSERT INTO events (time, device, kind, message, data, instance) VALUES (?, ?, ?, ?, ?, ?)",
             (time.time() if when is None else when, device, kind, message, json.dumps(data) if data else None, self.instance),
