@@ -191,7 +191,7 @@ class CallHomeService(MultiService):
         #: this instance's part in a cluster (PostgreSQL store), else None.
         self.cluster: ClusterNode | None = None
         if instance is not None:
-            self.cluster = cluster.join(self.store, self.manager, self.control, config, reactor)
+            self.cluster = cluster.join(self.store, self.manager, self.control, config, reactor, self.operator.expectations)
             self.cluster.setServiceParent(self)
         if worker is None and config.workers > 1:
             # After the listeners: it starts once they are bound.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial.unittest import SkipTest
 
 from callhome import config as config_module
@@ -218,6 +218,22 @@ chains: {{main: [{{get: {{}}}}]}}
         await wait_for(lambda: len(holders()) == 1, timeout=20, what="one session left")
         await wait_for(lambda: "edge" in (a if holders() == ["b"] else b).service.cluster.elsewhere, timeout=10,
                        what="the other instance sees where it is")
+
+    async def test_one_instance_decides_who_is_overdue(self) -> None:
+        """Every instance shows the device overdue; the event is recorded once, not once per instance."""
+        from callhome.call import expectations as expectations_module
+
+        self.patch(expectations_module, "CHECK_INTERVAL", 0.2)
+        _, fp = self.device_key("late")
+        devices = f'[{{name: late, host_keys: ["{fp}"], expect_call_every: 1, expect_grace: 0.2}}]'
+        a, b = self.instance("a", devices), self.instance("b", devices)
+        for instance in (a, b):
+            await wait_for(lambda: getattr(instance.service.manager.registry.status.get("late"), "status", None) == "overdue",
+                           timeout=15, what=f"late overdue on {instance.name}")
+        self.assertEqual(sum(1 for i in (a, b) if i.service.cluster.leads), 1)
+        await task.deferLater(reactor, 1.0, lambda: None)
+        events = (await a.get("/events?kind=overdue")).json()["events"]
+        self.assertEqual(len(events), 1, events)
 
     def test_a_name_already_running_is_refused(self) -> None:
         self.instance("a", "[]")

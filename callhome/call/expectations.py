@@ -14,7 +14,7 @@ service does not call its whole fleet overdue at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from twisted.application.service import Service
 from twisted.internet import task
@@ -51,6 +51,9 @@ class Expectations(Service):
         self.started = clock.seconds()
         self.overdue: dict[str, float] = {}
         self.held_until: dict[str, float] = {}
+        #: whether this process decides who is overdue (in a cluster, one
+        #: instance does: the others mirror the statuses it writes).
+        self.deciding: Callable[[], bool] = lambda: True
         # Overdue before a restart: still overdue, without a second event.
         for name, status in manager.registry.status.items():
             if status.status == OVERDUE:
@@ -83,6 +86,10 @@ class Expectations(Service):
         """Mark devices overdue, or no longer overdue (run every few seconds)."""
         now = self.clock.seconds()
         registry = self.manager.registry
+        if not self.deciding():
+            # Another instance decides; our registry mirrors its statuses.
+            self.overdue = {name: self.overdue.get(name, now) for name, status in registry.status.items() if status.status == OVERDUE}
+            return
         for name in self.manager.sessions:
             # Seen holding a session now: a persistent device's "last call"
             # runs until its session ends (to within one check).

@@ -19,6 +19,7 @@ from callhome.storage.database import Database, PostgresDatabase, SQLiteDatabase
 from callhome.storage.store import StoreError, migrate
 
 if TYPE_CHECKING:  # pragma: no cover
+    from callhome.call.expectations import Expectations
     from callhome.call.manager import Manager
     from callhome.control.operations import ControlPlane
     from callhome.storage.store import Store
@@ -55,14 +56,23 @@ def register(database: Database, config: Config) -> str | None:
         raise StoreError(str(e)) from None
 
 
-def join(store: "Store", manager: "Manager", control: "ControlPlane", config: Config, reactor: IServiceReactor) -> ClusterNode:
-    """This instance's cluster node, wired as the manager's claims and the control plane's remote sessions."""
+def join(
+    store: "Store", manager: "Manager", control: "ControlPlane", config: Config, reactor: IServiceReactor,
+    expectations: "Expectations | None" = None,
+) -> ClusterNode:
+    """
+    This instance's cluster node, wired as the manager's claims and the
+    control plane's remote sessions; the expected calls are decided by one
+    instance of the cluster at a time.
+    """
     assert store.instance is not None
     node = ClusterNode(store, manager, store.instance, config.cluster.lease, reactor)
     manager.cluster = node
     control.remote = ClusterSessions(node, reactor, config.api.token, timeout=config.netconf.rpc_timeout + 10)
     control.instance = store.instance
     control.metrics.set_instance(store.instance)
+    if expectations is not None:
+        expectations.deciding = lambda: node.leads
     logs.set_instance(store.instance)
     return node
 

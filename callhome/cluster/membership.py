@@ -133,3 +133,18 @@ def instances(cursor: Any, database: Database, lease: float) -> list[dict[str, A
     for row in rows:
         row["alive"] = row["stopped"] is None and row["age"] < lease
     return rows
+
+
+#: the advisory lock whose holder watches expected calls for the cluster.
+WATCH_LOCK = 0x63616C6C686F6D67
+
+
+def lead(cursor: Any, database: Database) -> bool:
+    """
+    Whether this instance watches the cluster's expected calls: the one
+    whose database connection holds C{WATCH_LOCK} (a session lock, so it
+    goes with that connection when the instance dies, and another
+    instance takes it at its next heartbeat).
+    """
+    cursor.execute("SELECT pg_try_advisory_lock(%s)", (WATCH_LOCK,))
+    return bool(cursor.fetchone()[0])

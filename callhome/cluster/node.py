@@ -73,6 +73,9 @@ class ClusterNode(Service):
         self._devices_since = 0.0
         #: claims that failed since the database last answered one.
         self.unwritable = 0
+        #: this instance watches the expected calls of the whole cluster
+        #: (one instance does, or every overdue event would come N times).
+        self.leads = False
         self._loops: list[task.LoopingCall] = []
 
     # --- the service ---------------------------------------------------------------------------
@@ -161,7 +164,15 @@ class ClusterNode(Service):
         renewed = self.store.interaction(membership.heartbeat, self.store.database, self.instance, self.lease, local)
         renewed.addCallback(self._taken_over, local)
         renewed.addCallback(lambda _: self.store.interaction(membership.expire, self.store.database, self.lease))
-        return renewed.addCallback(self._expired)
+        renewed.addCallback(self._expired)
+        renewed.addCallback(lambda _: self.store.interaction(membership.lead, self.store.database))
+        return renewed.addCallback(self._leading)
+
+    def _leading(self, leads: bool) -> None:
+        if leads != self.leads:
+            self.log.info("instance {instance} {what} the cluster's expected calls", instance=self.instance,
+                          what="now watches" if leads else "no longer watches")
+        self.leads = leads
 
     def _taken_over(self, found: tuple[set[tuple[str, str]], dict[str, str]], local: dict[str, str]) -> None:
         held, holders = found
