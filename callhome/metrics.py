@@ -55,6 +55,8 @@ class Metrics:
         r.register(self._store_failures)
         r.register(self._store_dropped)
         self.chain_steps = Counter("callhome_chain_steps", "Chain steps run, by action and outcome", ["action", "outcome"], registry=r)
+        self.scheduled_runs = Counter("callhome_scheduled_runs", "Scheduled chain runs in persistent sessions, by chain and outcome (ok, failed, skipped)",
+                                      ["chain", "outcome"], registry=r)
         self.notifications = Counter("callhome_notifications_received", "NETCONF notifications received", registry=r)
         self.results_saved = Counter("callhome_results_saved", "Result files written", registry=r)
         self.handshakes = Gauge("callhome_handshakes_in_progress", "Connections not yet authenticated", registry=r)

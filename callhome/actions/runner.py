@@ -83,7 +83,7 @@ def run_chain(steps: Sequence[Step], context: ActionContext, clock: IReactorTime
                     index=index, action=step.name, device=context.device.name,
                     duration=duration, reason=reason,
                 )
-                if step.on_error == "stop":
+                if step.on_error in ("stop", "disconnect"):
                     stopped = True
             else:
                 outcome = StepOutcome(index, step.name, True, duration, result=result)

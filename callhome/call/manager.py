@@ -29,6 +29,7 @@ from callhome.call.unknown import unknown_certificate, unknown_host_key
 from callhome.config import Config, Device, NetconfSettings
 from callhome.logs import LevelLogger
 from callhome.metrics import Metrics
+from callhome.call import persistent
 from callhome.call.registry import Registry
 from callhome.storage.results import ResultsWriter, SavedFile
 
@@ -328,7 +329,7 @@ class Manager:
             else:
                 record.end(Outcome.OK)
             if device.mode == "persistent" and not failed and not context.stop and session.close_reason is None:
-                self._keep(call, session, device)
+                persistent.keep(self, call, session, device)
                 return None
             return session.close()
 
@@ -349,38 +350,6 @@ class Manager:
             return result
 
         chain.addBoth(untrack)
-
-    def _keep(self, call: "CallConnection", session: "NetconfSession", device: Device) -> None:
-        """Persistent mode: keepalives, and the idle timeout if the device has one."""
-        record = call.call
-        if record is not None and record.transport == "tls":
-            interval, missed = self.config.tls.probe_interval, self.config.tls.probe_max_missed
-        else:
-            interval, missed = self.config.ssh.keepalive_interval, self.config.ssh.keepalive_max_missed
-        call.start_keepalive(interval, missed)
-        self.log.info(
-            "persistent session with {device} open (keepalive every {interval:g}s)",
-            device=device.name, interval=interval,
-        )
-        self.event("session-open", f"persistent session with {device.name} open", device.name,
-                    session=call.call.id if call.call else None)
-        idle = device.idle_timeout
-        if not idle:
-            return
-        pending: list[Any] = []
-
-        def check() -> None:
-            pending.clear()
-            quiet = self.clock.seconds() - session.last_message_at
-            if quiet >= idle:
-                assert call.call is not None
-                call.call.end(Outcome.IDLE_TIMEOUT, f"no NETCONF message for {idle:g}s (idle_timeout)")
-                session.close()
-            else:
-                pending.append(self.clock.callLater(idle - quiet, check))
-
-        pending.append(self.clock.callLater(idle, check))
-        session.closed.addBoth(lambda _: [d.cancel() for d in pending if d.active()])
 
     def _notification(self, device: Device, session: "NetconfSession", call_id: str, root: Any, raw: bytes) -> None:
         """Save a notification and run the device's on_notification chain."""

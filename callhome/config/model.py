@@ -97,6 +97,14 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """``schedules[]``: a chain run every C{every} seconds inside a persistent session."""
+
+    every: float
+    chain: str
+
+
+@dataclass(frozen=True)
 class Profile:
     """What a device inherits from a group or from defaults, resolved."""
 
@@ -112,6 +120,8 @@ class Profile:
     expect_every: float | None = None
     #: ``expect_grace``: seconds past that before it is overdue.
     expect_grace: float | None = None
+    #: ``schedules``: chains run on an interval in a persistent session.
+    schedules: tuple[Schedule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,8 @@ class Device:
     #: held no session) for this long plus C{expect_grace} is overdue.
     expect_every: float | None = None
     expect_grace: float | None = None
+    #: persistent mode: chains run every so many seconds inside the session.
+    schedules: tuple[Schedule, ...] = ()
 
     @property
     def overdue_after(self) -> float | None:
@@ -158,7 +170,7 @@ class Device:
         return cls(
             name, host_keys, profile.credentials, profile.chain, group, profile.legacy_algorithms,
             profile.mode, profile.on_notification, profile.idle_timeout,
-            certificates, tls_names, profile.tls, profile.expect_every, profile.expect_grace,
+            certificates, tls_names, profile.tls, profile.expect_every, profile.expect_grace, profile.schedules,
         )
 
     @property

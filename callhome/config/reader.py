@@ -41,6 +41,7 @@ from callhome.config.model import (
     NetconfSettings,
     Profile,
     Credentials,
+    Schedule,
     SSHSettings,
     StepSpec,
     TlsSettings,
@@ -51,7 +52,7 @@ _CREDENTIAL_KEYS = (
     "private_key_passphrase_file", "password", "password_env", "password_file",
 )
 _PROFILE_KEYS = _CREDENTIAL_KEYS + TLS_IDENTITY_KEYS + ("chain", "legacy_algorithms", "mode", "on_notification", "idle_timeout",
-                                                                  "expect_call_every", "expect_grace")
+                                                                  "expect_call_every", "expect_grace", "schedules")
 _TOP_KEYS = (
     "listen", "listen_tls", "tls_trusted_ca", "tls", "results_dir", "state_dir", "defaults", "groups", "devices", "chains",
     "netconf", "ssh", "admission", "unknown_devices", "duplicate_sessions",
@@ -305,6 +306,8 @@ class _Reader(ServiceSections):
         idle_node = first("idle_timeout")
         idle = idle_node.number() if idle_node is not None else None
         expect_every, expect_grace = self.expectation(first("expect_call_every"), first("expect_grace"))
+        schedules_node = first("schedules")
+        schedules = self.schedules(schedules_node, chains) if schedules_node is not None else ()
         if chain_node is None or (tls and tls_identity is None):
             return None
         if credentials is None or username_node is None:
@@ -312,7 +315,25 @@ class _Reader(ServiceSections):
                 return None
             # TLS only: the device maps our certificate to a user; no SSH login.
             credentials = Credentials(username=username_node.text() if username_node is not None else "")
-        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle, tls_identity, expect_every, expect_grace)
+        return Profile(credentials, chain_node.text(), legacy, mode, on_notification, idle, tls_identity, expect_every, expect_grace,
+                       schedules)
+
+    @staticmethod
+    def schedules(node: Node, chains: Mapping[str, Any]) -> tuple[Schedule, ...]:
+        """``schedules: [{every: SECONDS, chain: NAME}, ...]``."""
+        found = []
+        for entry in node.items():
+            fields = entry.mapping(("every", "chain"))
+            if "every" not in fields or "chain" not in fields:
+                raise entry.error("a schedule needs every (seconds) and chain")
+            every = fields["every"].number()
+            if every < 1:
+                raise fields["every"].error("must be at least 1 second")
+            chain = fields["chain"].text()
+            if chain not in chains:
+                raise fields["chain"].error(f"no chain named {chain!r} (chains: {', '.join(sorted(chains)) or 'none defined'})")
+            found.append(Schedule(every, chain))
+        return tuple(found)
 
     @staticmethod
     def expectation(every_node: Node | None, grace_node: Node | None) -> tuple[float | None, float | None]:
@@ -395,8 +416,8 @@ class _Reader(ServiceSections):
         if "timeout" in options:
             timeout = Node(options["timeout"], node.child_path("timeout")).number()
         on_error = options.get("on_error", "stop")
-        if on_error not in ("stop", "continue"):
-            raise ConfigError(node.child_path("on_error"), "must be stop or continue")
+        if on_error not in ("stop", "continue", "disconnect"):
+            raise ConfigError(node.child_path("on_error"), "must be stop, continue or disconnect")
         return StepSpec(name=name, params=dict(params), timeout=timeout, on_error=on_error, path=params_node.path)
 
     def devices(
