@@ -177,6 +177,7 @@ class PersistentDeviceApiTests(RunningService):
         for method, pattern, _ in ROUTES:
             template = re.sub(r"\(\[0-9\]\{1,18\}\)", "{id}", pattern)
             template = re.sub(r"^/quarantine/\(\[\^/\]\+\)", "/quarantine/{fingerprint}", template)
+            template = template.replace("([^/@]+)@([^/@]*)", "{module}@{revision}")
             template = re.sub(r"\(\[\^/\]\+\)", "{name}", template)
             self.assertIn(template, document["paths"], template)
             self.assertIn(method.decode().lower(), document["paths"][template], template)

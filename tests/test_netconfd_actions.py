@@ -81,10 +81,13 @@ chains:
                 self.fail("timed out waiting")
             await task.deferLater(reactor, 0.05, lambda: None)
 
-    async def test_get_schema_downloads_netconfds_modules(self):
-        """Every module netconfd lists in /netconf-state/schemas is saved as a .yang file."""
+    async def test_get_schema_downloads_netconfds_modules_once(self):
+        """
+        Every module netconfd lists in /netconf-state/schemas is saved as a
+        .yang file and cached; the second call fetches none of them again.
+        """
         device = self.device("d")
-        self.service(
+        service = self.service(
             f'  - {{name: nc, host_keys: ["{device.host_key_fingerprint}"], chain: schemas}}',
             "  schemas: [{sleep: {seconds: 0.1}}, {get-schema: {}}]",
         )
@@ -98,6 +101,25 @@ chains:
         self.assertTrue(any(n.startswith("ietf-netconf-monitoring@2010-10-04") for n in names), names)
         self.assertIn("module ietf-netconf-monitoring", (self.tmp / "results" / "nc" / "schemas" / "ietf-netconf-monitoring@2010-10-04.yang").read_text())
         self.assertEqual(sorted(p.name for p in record.steps[1].result), names)
+        # The schema cache: a second call fetches none of the modules the first one did.
+
+        def fetched() -> float:
+            return sum(s.value for f in service.metrics.registry.collect() if f.name == "callhome_rpcs"
+                       for s in f.samples if s.name.endswith("_total") and s.labels["operation"] == "get-schema")
+
+        first = fetched()
+        self.assertEqual(first, len(files))
+        device.call_home(self.port)
+        await self.wait_for(lambda: len(self.ended) == 2)
+        self.assertEqual(self.ended[1].outcome, "ok", self.ended[1].reason)
+        second = {p.name for p in self.ended[1].steps[1].result}
+        self.assertEqual(second & set(names), set(), "nothing cached is fetched again")
+        self.assertEqual(fetched() - first, len(second))
+        listed = await service.manager.schemas.listing("nc")
+        self.assertEqual(len(listed), len(set(names) | second))
+        self.assertTrue(all(row["sha256"] for row in listed), "every module it lists is cached")
+        text = await service.manager.schemas.text("ietf-netconf-monitoring", "2010-10-04")
+        self.assertIn("module ietf-netconf-monitoring", text)
 
     async def test_edit_commit_read_back_and_subscription(self):
         """

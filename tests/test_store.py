@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
+from callhome.storage import migrations as migrations_module
 from callhome.storage import store as store_module
 from callhome.call.registry import Registry
 from callhome.storage.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
@@ -69,7 +70,7 @@ class MigrationTests(TestCase):
         db.close()
         (version, statements) = store_module.MIGRATIONS[1]
         broken = ((version, (*statements[:2], "CREATE TABLE broken (")),)
-        self.patch(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1] + broken)
+        self.patch(migrations_module, "MIGRATIONS", store_module.MIGRATIONS[:1] + broken)
         with self.assertRaises(StoreError):
             Store(self.path, reactor).open()
         with sqlite3.connect(self.path) as db:
@@ -77,7 +78,7 @@ class MigrationTests(TestCase):
             columns = [row[1] for row in db.execute("PRAGMA table_info(results)")]
         db.close()
         self.assertNotIn("session", columns, "the ALTER TABLE was rolled back")
-        self.patch(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1] + ((version, statements),))
+        self.patch(migrations_module, "MIGRATIONS", store_module.MIGRATIONS[:1] + ((version, statements),))
         store = Store(self.path, reactor)
         store.open()
         self.addCleanup(store.close)

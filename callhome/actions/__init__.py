@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from callhome.config import Device
     from callhome.netconf.session import NetconfSession
     from callhome.storage.results import ResultsWriter
+    from callhome.storage.schemas import SchemaCache
 
 
 class ActionConfigError(ValueError):
@@ -67,6 +68,8 @@ class ActionContext:
         notifications (the manager saves them and runs ``on_notification``).
     @ivar notification: in an ``on_notification`` chain, the notification.
     @ivar step_done: told each step's outcome as it ends (metrics).
+    @ivar schemas: the store's schema cache (``get-schema`` fetches only
+        what it lacks), if there is a store.
     """
 
     device: "Device"
@@ -79,6 +82,7 @@ class ActionContext:
     notifications: Callable[[Any, bytes], None] | None = None
     notification: Any = None
     step_done: Callable[[Any], None] | None = None
+    schemas: "SchemaCache | None" = None
 
 
 ActionResult = Union[Any, Deferred, Awaitable[Any]]

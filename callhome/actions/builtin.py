@@ -13,7 +13,6 @@ See ``README.md`` (Chains) for the parameters of each.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,16 +24,12 @@ from callhome.actions import ActionConfigError, ActionContext
 from callhome.netconf import operations as ops
 from callhome.netconf import xml
 from callhome.netconf.session import RPCReply
+from callhome.actions.capabilities import MissingCapability, require  # noqa: F401  (MissingCapability: re-exported)
+from callhome.actions.schemas import GetSchema
 
 DATASTORES = ("running", "candidate", "startup")
 # Device-given module names become file names: YANG's own grammar only.
-_YANG_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 WITH_DEFAULTS = ("report-all", "report-all-tagged", "trim", "explicit")
-
-
-class MissingCapability(Exception):
-    """The device did not advertise a capability the action needs."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +38,6 @@ class Saved:
 
     reply: RPCReply
     path: Path | None
-
-
-def require(context: ActionContext, capability: str, action: str) -> None:
-    """Fail the step unless the device advertised C{capability} (a prefix)."""
-    uri = ops.CAPABILITY[capability]
-    if not any(c.startswith(uri) for c in context.session.capabilities):
-        raise MissingCapability(f"{action} needs the :{capability} capability ({uri}), which the device does not advertise")
 
 
 # --- parameter checks -----------------------------------------------------------
@@ -308,55 +296,6 @@ class RPC(_RPCAction):
         super().__init__(operation, save=bool(save))
 
 
-class GetSchema:
-    """
-    ``get-schema: {modules}``: download every YANG module the device lists in
-    ietf-netconf-monitoring (``/netconf-state/schemas``), or only C{modules},
-    to ``<results_dir>/<device>/schemas/<module>@<revision>.yang``.
-    """
-
-    name = "get-schema"
-
-    def __init__(self, modules: list[str] | None = None) -> None:
-        if modules is not None and (not isinstance(modules, list) or not all(isinstance(m, str) for m in modules)):
-            raise ActionConfigError("must be a list of module names", key="modules")
-        self.modules = set(modules) if modules else None
-
-    async def __call__(self, context: ActionContext) -> list[Path]:
-        """List the schemas, then fetch each in turn."""
-        require(context, "monitoring", self.name)
-        listing = await context.session.rpc(ops.schemas_filter())
-        n = "{%s}" % ops.MONITORING_NS
-        wanted: dict[tuple[str, str], None] = {}
-        for schema in listing.root.iter(n + "schema"):
-            identifier = (schema.findtext(n + "identifier") or "").strip()
-            version = (schema.findtext(n + "version") or "").strip()
-            fmt = (schema.findtext(n + "format") or "yang").strip()
-            if not _YANG_IDENTIFIER.match(identifier) or (version and not _REVISION.match(version)):
-                context.log.warn(
-                    "get-schema: skipping a schema with an invalid name from {device}: {identifier!r}@{version!r}",
-                    device=context.device.name, identifier=identifier[:80], version=version[:40],
-                )
-                continue
-            if fmt.split(":")[-1] == "yang" and (self.modules is None or identifier in self.modules):
-                wanted[(identifier, version)] = None
-        saved = []
-        for identifier, version in wanted:
-            reply = await context.session.rpc(ops.get_schema(identifier, version or None))
-            data = reply.root.find(n + "data")
-            if data is None:
-                data = reply.root.find(xml.qname("data"))
-            text = (data.text or "") if data is not None else ""
-            name = f"{identifier}@{version}.yang" if version else f"{identifier}.yang"
-            saved.append(context.results.save_file(context.device.name, f"schemas/{name}", text.encode("utf-8"), action="get-schema"))
-        if self.modules is not None:
-            missing = self.modules - {i for i, _ in wanted}
-            if missing:
-                raise LookupError(f"the device lists no schema for {', '.join(sorted(missing))}")
-        context.log.info("get-schema: saved {count} modules for {device}", count=len(saved), device=context.device.name)
-        return saved
-
-
 class Subscribe(_RPCAction):
     """
     ``subscribe: {stream, subtree | xpath, namespaces, start_time, stop_time}``:
@@ -473,7 +412,7 @@ ACTIONS: dict[str, Any] = {
     "validate": Validate,
     "copy-config": CopyConfig,
     "delete-config": DeleteConfig,
-    "get-schema": GetSchema,
+    "get-schema": GetSchema,  # callhome/actions/schemas.py
     "subscribe": Subscribe,
     "rpc": RPC,
     "save": Save,

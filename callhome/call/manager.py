@@ -32,6 +32,7 @@ from callhome.metrics import Metrics
 from callhome.call import persistent
 from callhome.call.registry import Registry
 from callhome.storage.results import ResultsWriter, SavedFile
+from callhome.storage.schemas import SchemaCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.netconf.session import NetconfSession
@@ -86,6 +87,8 @@ class Manager:
         self.chains = chains if chains is not None else build_chains(config)
         self.clock = clock
         self.store = store
+        #: YANG modules by module and revision, shared by every device (get-schema).
+        self.schemas = SchemaCache(store) if store is not None else None
         self.metrics = metrics or Metrics()
         self.results = results or ResultsWriter(config.results_dir, durable=config.store.durable)
         self.results.on_saved = self._saved
@@ -295,6 +298,7 @@ class Manager:
             clock=self.clock,
             log=LevelLogger(namespace=f"callhome.device.{device.name}"),
         )
+        context.schemas = self.schemas
         context.notifications = lambda root, raw: self._notification(device, session, call_id, root, raw)
         context.step_done = self._step_done
         return context

@@ -321,6 +321,16 @@ class ManagementApi(Resource):
         """One result's payload, as saved."""
         return self.control.result_file(int(result_id))
 
+    def schemas(self, request: Request) -> Any:
+        """The cached YANG modules (``?device=NAME``: those it announced)."""
+        return self.control.schemas(self._arg(request, "device")).addCallback(lambda rows: {"schemas": rows})
+
+    def schema(self, request: Request, module: str, revision: str) -> Any:
+        """One module's YANG text."""
+        d = self.control.schema_text(module, revision)
+        return d.addCallback(lambda text: Reply(text.encode("utf-8"), "text/plain; charset=utf-8", headers={
+            "Content-Disposition": f'inline; filename="{module}@{revision}.yang"'}))
+
     def quarantine(self, request: Request) -> Any:
         """Unknown host keys waiting for an operator."""
         return {"quarantine": self.control.quarantine()}
@@ -366,6 +376,8 @@ ROUTES: tuple[tuple[bytes, str, str], ...] = (
     (b"GET", "/results", "results"),
     (b"GET", "/results/([0-9]{1,18})", "result"),
     (b"GET", "/quarantine", "quarantine"),
+    (b"GET", "/schemas", "schemas"),
+    (b"GET", "/schemas/([^/@]+)@([^/@]*)", "schema"),
     (b"POST", "/quarantine/([^/]+)/approve", "approve"),
     (b"POST", "/reload", "reload"),
 )

@@ -17,7 +17,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 from twisted.internet import defer
@@ -30,6 +30,7 @@ from callhome.config import ConfigError, Device, parse_step
 from callhome.control.errors import (
     Conflict, DeviceFailed, DeviceTimeout, InvalidRequest, NotFound, ReloadRefused, UnsupportedMediaType,
 )
+from callhome.control.interfaces import RemoteSessions, ServiceControl
 from callhome.control.results import ResultFile, XmlAnswer
 from callhome.metrics import Metrics
 from callhome.netconf import xml
@@ -51,49 +52,6 @@ API_ACTIONS = frozenset([
 
 #: a whole number as the control plane accepts it (str.isdigit also takes "²").
 WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
-
-
-class RemoteSessions(Protocol):
-    """Sessions held by other processes serving the same devices."""
-
-    def holds(self, device: str) -> bool:
-        """Whether another process holds C{device}'s session."""
-
-    def session(self, device: str) -> defer.Deferred[Any]:
-        """That session's info (L{session_info}), or None."""
-
-    def sessions(self) -> defer.Deferred[list[list[dict[str, Any]]]]:
-        """Every other process's open calls, one list per process."""
-
-    def rpc(self, device: str, content_type: str, body: bytes) -> defer.Deferred[Any]:
-        """Run L{ControlPlane.rpc_here} where the session is."""
-
-    def disconnect(self, device: str) -> defer.Deferred[Any]:
-        """Run L{ControlPlane.disconnect_here} where the session is."""
-
-    def approved(self, fingerprint: str, name: str, group: str | None, approved_at: float) -> None:
-        """Tell the others about an approval made (and stored) here."""
-
-    def metrics(self) -> defer.Deferred[list[Any]]:
-        """The others' metric samples (L{Metrics.samples})."""
-
-    def open_calls(self) -> tuple[int, int]:
-        """Calls open and handshakes in progress elsewhere."""
-
-    def processes(self) -> list[dict[str, Any]]:
-        """The other processes: index and pid."""
-
-
-class ServiceControl(Protocol):
-    """What the control plane needs of the service around it."""
-
-    stopping: bool
-
-    def listening(self) -> list[str]:
-        """The call-home endpoints bound now."""
-
-    def reload(self, why: str) -> dict[str, Any]:
-        """Re-read the config; raises L{ReloadRefused}."""
 
 
 def iso(seconds: float | None) -> str | None:
@@ -381,6 +339,35 @@ class ControlPlane:
             return ResultFile(path, row["sha256"], content_type, chunks)
 
         return self.store.result(result_id).addCallback(found)
+
+    # --- schemas -----------------------------------------------------------------------
+
+    def schemas(self, device: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
+        """The cached YANG modules, or those C{device} announced (cached or not)."""
+        if device is not None:
+            self.known_device(device)
+        cache = self.manager.schemas
+        if cache is None:
+            return defer.succeed([])
+
+        def shape(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            for row in rows:
+                row["fetched_at"] = iso(row["fetched_at"])
+                row["url"] = f"/schemas/{row['module']}@{row['revision']}"
+            return rows
+
+        return cache.listing(device).addCallback(shape)
+
+    def schema_text(self, module: str, revision: str) -> defer.Deferred[str]:
+        """One cached module's YANG text."""
+        cache = self.manager.schemas
+
+        def found(text: str | None) -> str:
+            if text is None:
+                raise NotFound(f"no schema {module}@{revision} in the cache")
+            return text
+
+        return (cache.text(module, revision) if cache is not None else defer.succeed(None)).addCallback(found)
 
     # --- quarantine --------------------------------------------------------------------
 

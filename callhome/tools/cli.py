@@ -2,6 +2,7 @@
 ``callhome``: the operator's command line, a client of the management API.
 
     callhome [-c etc/config.yaml] [--api URL] [--json] devices [NAME] [--overdue]
+    callhome schemas [DEVICE]
     callhome ... sessions
     callhome ... events [--since ID|TIME] [--device D] [--kind K] [--limit N] [--follow]
     callhome ... results [--device D] [--action A] [--limit N]
@@ -239,6 +240,21 @@ def cmd_result(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(client: Client, args: argparse.Namespace) -> int:
+    """The cached YANG modules, or those a device announced."""
+    path = f"/schemas?device={quote(args.device, safe='')}" if args.device else "/schemas"
+    schemas = client.json("GET", path)["schemas"]
+    if args.json:
+        return _print_json(schemas)
+    if not schemas:
+        print("no schemas" + (f" announced by {args.device}" if args.device else " in the cache"))
+        return 0
+    rows = [[f"{s['module']}@{s['revision'] or '-'}", s["size"] if s["size"] is not None else "not cached",
+             s["devices"] if "devices" in s else "-", _when(s["fetched_at"]), s["url"]] for s in schemas]
+    print(_table(rows, ["MODULE", "BYTES", "DEVICES", "FETCHED", "URL"]))
+    return 0
+
+
 def cmd_pending(client: Client, args: argparse.Namespace) -> int:
     """Quarantined host keys."""
     entries = client.json("GET", "/quarantine")["quarantine"]
@@ -340,7 +356,7 @@ def _print_json(value: Any) -> int:
 
 COMMANDS = {
     "devices": cmd_devices, "sessions": cmd_sessions, "events": cmd_events, "results": cmd_results,
-    "result": cmd_result, "pending": cmd_pending, "quarantine": cmd_pending, "approve": cmd_approve,
+    "result": cmd_result, "schemas": cmd_schemas, "pending": cmd_pending, "quarantine": cmd_pending, "approve": cmd_approve,
     "rpc": cmd_rpc, "disconnect": cmd_disconnect, "reload": cmd_reload,
 }
 
@@ -358,6 +374,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("name", nargs="?")
     sub.add_argument("--overdue", action="store_true", help="only the devices that have not called when expected")
     commands.add_parser("sessions", parents=[common], help="list the open sessions")
+    sub = commands.add_parser("schemas", parents=[common], help="list the cached YANG modules, or those a device announced")
+    sub.add_argument("device", nargs="?")
     sub = commands.add_parser("events", parents=[common], help="list events (oldest first)")
     sub.add_argument("--since", help="an event id or a time (epoch seconds or ISO 8601)")
     sub.add_argument("--device")
