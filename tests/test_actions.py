@@ -158,7 +158,7 @@ class ActionTests(SynchronousTestCase):
         self.assertEqual(record.outcome, "ok", record.reason)
         names = sorted(p.name for p in (self.tmp / "results" / "edge-1" / "schemas").glob("*.yang"))
         self.assertEqual(names, [f"{m.name}@{m.revision}.yang" for m in sorted(self.datastore.modules, key=lambda m: m.name)])
-        self.assertIn("module example-sim-types", (self.tmp / "results" / "edge-1" / "schemas" / names[-1]).read_text())
+        self.assertIn("module example-sim-types", (self.tmp / "results" / "edge-1" / "schemas" / "example-sim-types@2024-05-01.yang").read_text())
 
     def test_get_schema_of_one_missing_module_fails(self):
         """Asking for a module the device does not list fails the step, naming it."""

@@ -280,6 +280,7 @@ class RetrievalTests(ServerTestCase):
             "example-sim-interfaces": ("2024-05-01", "yang", "urn:example:sim:interfaces", "NETCONF"),
             "example-sim-system": ("2024-05-01", "yang", "urn:example:sim:system", "NETCONF"),
             "example-sim-types": ("2024-05-01", "yang", "urn:example:sim:types", "NETCONF"),
+            "o-ran-supervision": ("2022-12-05", "yang", "urn:o-ran:supervision:1.0", "NETCONF"),
         })
 
     def test_get_state_lists_sessions_and_streams(self):

@@ -60,6 +60,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--source-address", help="local address to call from (e.g. 127.0.0.2)")
     p.add_argument("--notify-every", type=float, default=0.0, metavar="SECONDS",
                    help="raise a heartbeat notification this often on every device, to its subscribed sessions (default: never)")
+    p.add_argument("--supervision-mode", choices=("ok", "error", "silent", "past"), default="ok",
+                   help="how supervision-watchdog-reset (o-ran-supervision) is answered: ok, an rpc-error, never, "
+                        "or with next-update-at in the past (default ok)")
     p.add_argument("--tls", action="store_true", help="call home over TLS (NETCONF over TLS, RFC 7589) instead of SSH")
     p.add_argument("--certificate", default="var/device/device.pem",
                    help="TLS: the device's certificate (PEM, chain after the leaf); self-signed and generated with its "
@@ -267,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for f in factories:
         f.doStart()
+        f.datastore.supervision_mode = args.supervision_mode
     if len(factories) == 1:
         print(f"device host key {factories[0].fingerprint} ({paths[0]})", flush=True)
     else:

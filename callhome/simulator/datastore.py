@@ -90,6 +90,11 @@ class Datastore:
         self.pending_commit: PendingCommit | None = None
         self.replay_log: collections.deque[tuple[float, etree._Element]] = collections.deque(maxlen=replay_log_size)
         self.started = self.clock.seconds()
+        #: O-RAN supervision (L{callhome.simulator.supervision}): how resets are
+        #: answered (ok, error, silent, past), resets answered, timers run out.
+        self.supervision_mode = "ok"
+        self.supervision_resets = 0
+        self.supervision_lost = 0
         self.statistics = dict.fromkeys(
             ("in-bad-hellos", "in-sessions", "dropped-sessions", "in-rpcs", "in-bad-rpcs", "out-rpc-errors", "out-notifications"), 0
         )

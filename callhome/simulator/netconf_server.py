@@ -76,6 +76,9 @@ from callhome.simulator.editing import EDIT_OPERATIONS, edit, validate
 from callhome.simulator.errors import RpcError, _bad
 from callhome.simulator.filters import _xpath_namespaces, apply_filter, subtree_filter, xpath_filter
 from callhome.simulator.operations import _OPERATIONS, SessionOperations
+from callhome.simulator.supervision import OPERATION as SUPERVISION_OPERATION
+from callhome.simulator.supervision import SessionSupervision
+from callhome.simulator.supervision import _Silent as SilentReset
 from callhome.simulator.subscriptions import SessionNotifications, Subscription
 from callhome.simulator.times import format_time, parse_time
 from callhome.simulator.xmltree import _elements, _local, _q, _tag
@@ -155,7 +158,7 @@ def _avatar_username(transport: Any) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
+class NetconfServerProtocol(SessionOperations, SessionNotifications, SessionSupervision, Protocol):
     """
     One NETCONF server session of a device (a L{Datastore}).
 
@@ -231,6 +234,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
             return
         self._ended = True
         self._unsubscribe()
+        self._stop_supervision()
         self.datastore.session_ended(self, reason, killed_by)
 
     def kill(self, killed_by: int | None = None) -> None:
@@ -330,7 +334,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
             if not operations:
                 raise RpcError("operation-not-supported", "operation (none) is not supported")
             operation = operations[0]
-            known = _OPERATIONS.get(_tag(operation))
+            known = _OPERATIONS.get(_tag(operation)) or SUPERVISION_OPERATION.get(_tag(operation))
             if known is None:
                 raise RpcError("operation-not-supported", f"operation {_local(operation)} is not supported")
             method, parameters = known
@@ -339,6 +343,12 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
                     raise _bad("unknown-element", _local(parameter), f"unexpected parameter <{_local(parameter)}> of {_local(operation)}")
             try:
                 result = getattr(self, method)(operation, after)
+            except SilentReset:
+                # A simulated O-RU that never answers this rpc (notifications still flow).
+                waiting, self._held = list(self._held or []), None
+                for when, content in waiting:
+                    self._send_notification(when, content)
+                return
             except RpcError:
                 raise
             except Exception as e:
@@ -359,7 +369,7 @@ class NetconfServerProtocol(SessionOperations, SessionNotifications, Protocol):
                 reply.append(result)
         self._send(etree.tostring(reply, xml_declaration=True, encoding="UTF-8"))
         self.rpcs_answered += 1
-        held, self._held = self._held, None
+        held, self._held = self._held or [], None
         for action in after:
             action()
         for when, content in held:
