@@ -121,6 +121,19 @@ chains:
         text = await service.manager.schemas.text("ietf-netconf-monitoring", "2010-10-04")
         self.assertIn("module ietf-netconf-monitoring", text)
 
+    async def test_oran_supervision_names_what_netconfd_lacks(self):
+        """netconfd (yuma123) has no o-ran-supervision module: the step fails saying so, before sending anything."""
+        device = self.device("oru")
+        self.service(
+            f'  - {{name: oru, host_keys: ["{device.host_key_fingerprint}"], chain: supervise}}',
+            "  supervise: [{oran-supervision: {}}]",
+        )
+        device.call_home(self.port)
+        await self.wait_for(lambda: self.ended)
+        step = self.ended[0].steps[0]
+        self.assertFalse(step.ok)
+        self.assertIn("does not announce o-ran-supervision", step.error)
+
     async def test_edit_commit_read_back_and_subscription(self):
         """
         A persistent device subscribes; another session locks the candidate,

@@ -83,6 +83,9 @@ class ActionContext:
     notification: Any = None
     step_done: Callable[[Any], None] | None = None
     schemas: "SchemaCache | None" = None
+    #: raise a device-level condition (kind, message): ``supervision-failed``
+    #: marks the device's status; every kind is an event (and a webhook).
+    alarm: Callable[[str, str], None] | None = None
 
 
 ActionResult = Union[Any, Deferred, Awaitable[Any]]

@@ -25,6 +25,7 @@ from callhome.netconf import operations as ops
 from callhome.netconf import xml
 from callhome.netconf.session import RPCReply
 from callhome.actions.capabilities import MissingCapability, require  # noqa: F401  (MissingCapability: re-exported)
+from callhome.actions.oran import OranSupervision
 from callhome.actions.schemas import GetSchema
 
 DATASTORES = ("running", "candidate", "startup")
@@ -413,6 +414,7 @@ ACTIONS: dict[str, Any] = {
     "copy-config": CopyConfig,
     "delete-config": DeleteConfig,
     "get-schema": GetSchema,  # callhome/actions/schemas.py
+    "oran-supervision": OranSupervision,  # callhome/actions/oran.py
     "subscribe": Subscribe,
     "rpc": RPC,
     "save": Save,

@@ -299,9 +299,18 @@ class Manager:
             log=LevelLogger(namespace=f"callhome.device.{device.name}"),
         )
         context.schemas = self.schemas
+        context.alarm = lambda kind, message: self.device_alarm(device, kind, message)
         context.notifications = lambda root, raw: self._notification(device, session, call_id, root, raw)
         context.step_done = self._step_done
         return context
+
+    def device_alarm(self, device: Device, kind: str, message: str) -> None:
+        """A condition an action raised on a device (``supervision-failed`` marks its status): logged, an event."""
+        if kind == "supervision-failed":
+            self.registry.transition(device, "supervision-failed", error=message)
+        elif kind == "supervision-restored" and device.name in self.sessions:
+            self.registry.transition(device, "connected")
+        self.event(kind, message, device.name)
 
     def _step_done(self, outcome: StepOutcome) -> None:
         self.metrics.chain_steps.labels(outcome.action, "ok" if outcome.ok else "error").inc()

@@ -35,7 +35,7 @@ from callhome.config import DEVICE_NAME, Config, Device
 if TYPE_CHECKING:  # pragma: no cover
     from callhome.storage.store import Snapshot, Store
 
-STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected", "overdue")
+STATUSES = ("connecting", "authenticating", "connected", "failed-auth", "failed-not-allowed", "disconnected", "overdue", "supervision-failed")
 
 #: quarantined keys kept at most.
 MAX_PENDING = 10_000

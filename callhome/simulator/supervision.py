@@ -56,9 +56,12 @@ class SessionSupervision:
         guard = self._uint(operation, "guard-timer-overhead", 10)
         clock = datastore.clock
         now = clock.seconds()
-        self._stop_supervision()
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
         self._watchdog = clock.callLater(interval + guard, self._lost_supervision, interval + guard)
-        self._heartbeat = clock.callLater(interval, self._supervision_notification, interval)
+        # The notifications keep their own beat: a reset does not restart it.
+        if self._heartbeat is None or not self._heartbeat.active():
+            self._heartbeat = clock.callLater(interval, self._supervision_notification, interval)
         datastore.supervision_resets += 1
         output = etree.Element(_q("next-update-at", ORAN_SUPERVISION_NS), nsmap={None: ORAN_SUPERVISION_NS})
         output.text = format_time(now - 3600 if mode == "past" else now + interval)

@@ -3,7 +3,7 @@
 // as text (textContent), never as HTML: device data is not trusted.
 "use strict";
 const KEY = "callhome-token";
-const ORDER = ["overdue", "failed-auth", "failed-not-allowed", "connecting", "authenticating", "connected", "disconnected"];
+const ORDER = ["overdue", "supervision-failed", "failed-auth", "failed-not-allowed", "connecting", "authenticating", "connected", "disconnected"];
 
 function token() {
   // A link may carry the token in its fragment (never sent to the server): keep it, then drop it from the address.
