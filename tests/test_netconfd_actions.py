@@ -7,10 +7,14 @@ subscription receives the notifications another session causes.
 
 from __future__ import annotations
 
+import re
+
 import socket
 from pathlib import Path
 
 from lxml import etree
+
+from callhome.actions import replay
 from twisted.internet import reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -168,3 +172,54 @@ chains:
         kinds = {etree.QName(etree.parse(str(n)).getroot()[1]).localname for n in notes}
         self.assertIn("netconf-config-change", kinds)
         self.assertIn("netconf-session-start", kinds)
+
+    async def test_a_resumed_subscription_against_netconfd(self):
+        """
+        What Debian's netconfd (yuma123 2.13) does with a resumed
+        subscription: the watcher subscribes, is disconnected, another
+        session comes and goes while it is away, and the watcher calls back
+        and subscribes with startTime = the last saved eventTime.  netconfd
+        keeps a replay buffer: the notifications raised while the watcher
+        was away are replayed and saved, and the one already saved is
+        dropped; no gap is recorded.
+        """
+        watcher, visitor = self.device("rw"), self.device("rv")
+        service = self.service(
+            f'  - {{name: watcher, host_keys: ["{watcher.host_key_fingerprint}"], chain: watch, mode: persistent}}\n'
+            f'  - {{name: visitor, host_keys: ["{visitor.host_key_fingerprint}"], chain: visit}}',
+            "  watch: [{sleep: {seconds: 0.1}}, {subscribe: {}}]\n"
+            "  visit: [{sleep: {seconds: 0.1}}, {get-config: {source: running}}]\n",
+        )
+        manager = service.manager
+
+        def subscribed() -> bool:
+            call = manager.sessions.get("watcher")
+            return bool(call is not None and call.keepalive is not None)
+
+        watcher.call_home(self.port)
+        await self.wait_for(subscribed)
+        visitor.call_home(self.port)
+        await self.wait_for(lambda: len(self.ended) == 1 and manager.notifications_received >= 2)
+        before = manager.notifications_received
+        seen_before = {int(i) for n in (self.tmp / "results" / "watcher").glob("*-notification.xml")
+                       for i in re.findall(rb"<session-id>(\d+)</session-id>", n.read_bytes())}
+        await manager.disconnect(manager.sessions["watcher"], "test: away")
+        await self.wait_for(lambda: "watcher" not in manager.sessions)
+        visitor.call_home(self.port)  # session start and end while the watcher is away
+        await self.wait_for(lambda: sum(1 for r in self.ended if r.device and r.device.name == "visitor") == 2)
+        watcher.call_home(self.port)
+        await self.wait_for(subscribed)
+        await self.wait_for(lambda: manager.notifications_received >= before + 2)
+        notes = sorted((self.tmp / "results" / "watcher").glob("*-notification.xml"))
+        digests = [replay.digest(etree.parse(str(n)).getroot()) + replay.event_time(etree.parse(str(n)).getroot()) for n in notes]
+        self.assertEqual(len(digests), len(set(digests)), "no notification saved twice")
+        kinds: dict[str, set[str]] = {}
+        for n in notes:
+            root = etree.parse(str(n)).getroot()
+            kinds.setdefault(etree.QName(root[1]).localname, set()).add(root.findtext(".//{*}session-id") or "")
+        self.assertNotIn("replayComplete", kinds, "the end of the replay is not a notification to keep")
+        visits = {int(i) for i in kinds["netconf-session-start"] & kinds["netconf-session-end"]}
+        self.assertTrue(any(v > max(seen_before) for v in visits),
+                        f"the visit while the watcher was away was replayed: {kinds}, before: {seen_before}")
+        gaps = await service.store.events(device="watcher", kind="notification-gap")
+        self.assertEqual(gaps, [])

@@ -85,7 +85,10 @@ class ActionContext:
     schemas: "SchemaCache | None" = None
     #: raise a device-level condition (kind, message): ``supervision-failed``
     #: marks the device's status; every kind is an event (and a webhook).
-    alarm: Callable[[str, str], None] | None = None
+    alarm: Callable[..., None] | None = None
+    #: the device's last saved notification: (eventTime, digests of those
+    #: saved at that time), or None (a Deferred); ``subscribe`` resumes from it.
+    notification_history: Callable[[], Any] | None = None
 
 
 ActionResult = Union[Any, Deferred, Awaitable[Any]]

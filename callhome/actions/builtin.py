@@ -25,6 +25,7 @@ from callhome.netconf import operations as ops
 from callhome.netconf import xml
 from callhome.netconf.session import RPCReply
 from callhome.actions.capabilities import MissingCapability, require  # noqa: F401  (MissingCapability: re-exported)
+from callhome.actions import replay
 from callhome.actions.oran import OranSupervision
 from callhome.actions.schemas import GetSchema
 
@@ -299,27 +300,57 @@ class RPC(_RPCAction):
 
 class Subscribe(_RPCAction):
     """
-    ``subscribe: {stream, subtree | xpath, namespaces, start_time, stop_time}``:
+    ``subscribe: {stream, subtree | xpath, namespaces, start_time, stop_time, resume}``:
     RFC 5277 create-subscription.  Notifications are then saved as
     ``<stamp>-notification.xml`` and run the device's ``on_notification``
-    chain; in persistent mode they keep flowing after the chain.
+    chain; in persistent mode they keep flowing after the chain.  With
+    C{resume} (the default) a device that was subscribed before replays what
+    it raised since the last notification saved (L{callhome.actions.replay}).
     """
 
     name = "subscribe"
     needs = ("notification",)
 
-    def __init__(self, stream: str | None = None, subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None, start_time: str | None = None, stop_time: str | None = None) -> None:
+    def __init__(self, stream: str | None = None, subtree: str | None = None, xpath: str | None = None, namespaces: Mapping[str, str] | None = None,
+                 start_time: str | None = None, stop_time: str | None = None, resume: bool = True) -> None:
         for key, value in (("stream", stream), ("start_time", start_time), ("stop_time", stop_time)):
             if value is not None and not isinstance(value, str):
                 raise ActionConfigError("must be text (times as RFC 3339, e.g. 2026-01-01T00:00:00Z)", key=key)
         if stop_time is not None and start_time is None:
             raise ActionConfigError("stop_time needs start_time (a replay)", key="stop_time")
-        super().__init__(ops.create_subscription(stream, _filter(subtree, xpath, namespaces), start_time, stop_time))
+        if not isinstance(resume, bool):
+            raise ActionConfigError("must be true or false", key="resume")
+        self.stream, self.flt = stream, _filter(subtree, xpath, namespaces)
+        self.resume = resume and start_time is None
+        super().__init__(ops.create_subscription(stream, self.flt, start_time, stop_time))
 
-    def __call__(self, context: ActionContext) -> defer.Deferred[Any]:
-        """Hook notifications up before subscribing, so none is missed."""
-        context.session.on_notification = context.notifications
-        return super().__call__(context)
+    async def __call__(self, context: ActionContext) -> Any:  # type: ignore[override]  # a coroutine, which the runner takes as a step's result
+        """Hook notifications up before subscribing, so none is missed; resume where the last session stopped."""
+        for capability in self.needs:
+            require(context, capability, self.name)
+        session, deliver = context.session, context.notifications
+        last = await context.notification_history() if self.resume and context.notification_history is not None else None
+        if last is not None:
+            since, seen = last
+            session.on_notification = replay.ReplayFilter(context, since, seen, deliver) if deliver is not None else None
+            try:
+                reply = await session.rpc(ops.create_subscription(self.stream, self.flt, start_time=since))
+                return self.done(reply, context)
+            except xml.RPCError as e:
+                message = f"cannot replay notifications since {since} ({e}): what the device raised from then until now is lost"
+                context.log.warn("{device}: {message}", device=context.device.name, message=message)
+                if context.alarm is not None:
+                    context.alarm("notification-gap", message, gap_from=since, gap_to=format_now(context))
+        session.on_notification = deliver
+        reply = await session.rpc(self.operation)
+        return self.done(reply, context)
+
+
+def format_now(context: ActionContext) -> str:
+    """The context's clock as RFC 3339 UTC."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(context.clock.seconds(), timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class Save:

@@ -29,6 +29,7 @@ from callhome.call.unknown import unknown_certificate, unknown_host_key
 from callhome.config import Config, Device, NetconfSettings
 from callhome.logs import LevelLogger
 from callhome.metrics import Metrics
+from callhome.actions import replay
 from callhome.call import persistent
 from callhome.call.registry import Registry
 from callhome.storage.results import ResultsWriter, SavedFile
@@ -299,18 +300,20 @@ class Manager:
             log=LevelLogger(namespace=f"callhome.device.{device.name}"),
         )
         context.schemas = self.schemas
-        context.alarm = lambda kind, message: self.device_alarm(device, kind, message)
+        context.alarm = lambda kind, message, **data: self.device_alarm(device, kind, message, **data)
+        if self.store is not None:
+            context.notification_history = lambda: replay.history(self.store, device.name)
         context.notifications = lambda root, raw: self._notification(device, session, call_id, root, raw)
         context.step_done = self._step_done
         return context
 
-    def device_alarm(self, device: Device, kind: str, message: str) -> None:
+    def device_alarm(self, device: Device, kind: str, message: str, **data: Any) -> None:
         """A condition an action raised on a device (``supervision-failed`` marks its status): logged, an event."""
         if kind == "supervision-failed":
             self.registry.transition(device, "supervision-failed", error=message)
         elif kind == "supervision-restored" and device.name in self.sessions:
             self.registry.transition(device, "connected")
-        self.event(kind, message, device.name)
+        self.event(kind, message, device.name, **data)
 
     def _step_done(self, outcome: StepOutcome) -> None:
         self.metrics.chain_steps.labels(outcome.action, "ok" if outcome.ok else "error").inc()
@@ -369,7 +372,8 @@ class Manager:
         path = self.results.for_session(call_id).save(device.name, "notification", raw)
         self.notifications_received += 1
         self.metrics.notifications.inc()
-        self.event("notification", f"notification from {device.name} saved", device.name, path=str(path), session=call_id)
+        self.event("notification", f"notification from {device.name} saved", device.name, path=str(path), session=call_id,
+                   event_time=replay.event_time(root), digest=replay.digest(root))
         if device.on_notification is None:
             return
         chains = self.chains
