@@ -9,7 +9,8 @@ answers one-line commands on stdin, each with one JSON line on stdout:
     cpu      {"cpu": seconds of user+system CPU (getrusage, this process, plus its worker
               processes with workers: N), "maxrss_kib": ...}
     held     {"sessions": persistent sessions held (chain done, keepalives on), "rss_kib": resident memory now,
-              "served": calls ended ok, "failed": calls ended otherwise, "notifications": received}
+              "served": calls ended ok, "failed": calls ended otherwise, "notifications": received,
+              "rpcs": RPCs answered, "supervision_resets": of them supervision-watchdog-reset}
     mark     {"marked": true}: remember memory as it is now, the baseline for ``top``
     top      {"growth": the 15 source lines whose allocations grew most since ``mark`` (tracemalloc),
               only when CALLHOME_TRACEMALLOC=1 is set; [] otherwise}
@@ -73,7 +74,10 @@ class Control(LineReceiver):
         served = sum(s.value for s in finished if s.name.endswith("_total") and s.labels.get("outcome") == "ok")
         failed = sum(s.value for s in finished if s.name.endswith("_total") and s.labels.get("outcome") != "ok")
         notifications = sum(s.value for s in families["callhome_notifications_received"].samples if s.name.endswith("_total"))
-        return {"served": served, "failed": failed, "notifications": notifications}
+        rpcs = [s for s in families["callhome_rpcs"].samples if s.name.endswith("_total")]
+        resets = sum(s.value for s in rpcs if s.labels.get("operation") == "supervision-watchdog-reset")
+        return {"served": served, "failed": failed, "notifications": notifications, "rpcs": sum(s.value for s in rpcs),
+                "supervision_resets": resets}
 
     def growth(self) -> list[str]:
         """Where memory grew since ``mark``: tracemalloc's line statistics, biggest growth first."""

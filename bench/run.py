@@ -420,7 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-held", type=int, default=1000, help="persistent sessions of each transport to hold in the TLS run (0: skip)")
     parser.add_argument("--cluster", type=int, default=0, metavar="N",
                         help="only the cluster run: 1 instance on SQLite, 1 on PostgreSQL, N on PostgreSQL behind HAProxy")
+    parser.add_argument("--supervision", type=int, default=0, metavar="N",
+                        help="only the O-RAN supervision run: N held sessions with and without oran-supervision")
+    parser.add_argument("--supervision-window", type=float, default=120.0, help="seconds measured in the supervision run")
     args = parser.parse_args(argv)
+    if args.supervision:
+        sys.path.insert(0, str(REPO / "bench"))
+        import supervision
+
+        return 0 if supervision.supervision(sys.modules[__name__], args.supervision, args.supervision_window) else 1
     if args.cluster:
         sys.path.insert(0, str(REPO / "bench"))
         import cluster
