@@ -626,3 +626,31 @@ class LargeMessageTests(SynchronousTestCase):
         messages = feed_pieces(framer, in_reads(stream, self.read_size))
         self.assertEqual(len(messages), 1)
         self.assertTrue(messages[0] == payload, "10 MB message corrupted")
+
+
+class DiscardTests(SynchronousTestCase):
+    """ChunkedFramer with a discard_limit: a message over the maximum is dropped whole, the stream goes on."""
+
+    def test_an_oversized_message_is_reported_and_the_next_one_delivered(self) -> None:
+        from callhome.netconf.framing import HEAD, OversizedMessage
+
+        framer = ChunkedFramer(max_message_size=100, discard_limit=1000)
+        big = b'<rpc-reply message-id="7">' + b"x" * 5000 + b"</rpc-reply>"
+        stream = b"\n#26\n" + big[:26] + b"\n#300\n" + b"y" * 300 + b"\n##\n" + ChunkedFramer.encode(b"<ok/>")
+        messages = []
+        for i in range(0, len(stream), 7):  # every split point class: small reads
+            messages += framer.feed(stream[i:i + 7])
+        self.assertIsInstance(messages[0], OversizedMessage)
+        self.assertEqual(messages[0].size, 326)
+        self.assertTrue(messages[0].startswith(b'<rpc-reply message-id="7">'))
+        self.assertLessEqual(len(messages[0]), HEAD)
+        self.assertEqual(messages[1:], [b"<ok/>"])
+        self.assertLess(framer.buffered(), 100, "nothing of the dropped message kept")
+
+    def test_past_the_discard_limit_it_is_an_error(self) -> None:
+        framer = ChunkedFramer(max_message_size=100, discard_limit=200)
+        self.assertRaises(MessageTooLarge, framer.feed, b"\n#150\n" + b"x" * 150 + b"\n#100\n")
+
+    def test_without_a_discard_limit_nothing_changes(self) -> None:
+        framer = ChunkedFramer(max_message_size=100)
+        self.assertRaises(MessageTooLarge, framer.feed, b"\n#150\n")

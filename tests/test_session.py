@@ -328,10 +328,27 @@ class RPCTests(SessionTestCase):
         self.assertIn("document type declarations", session.close_reason)
 
     def test_oversized_message_closes(self):
-        """A message over max_message_size closes the session."""
+        """A message over DISCARD_FACTOR times max_message_size closes the session."""
         session = self.established(max_message_size=2048)
-        session.dataReceived(b"\n#4096\n" + b"x" * 100)
+        session.dataReceived(b"\n#9000\n" + b"x" * 100)
         self.assertIn("exceeds 2048", session.close_reason)
+
+    def test_oversized_reply_fails_its_rpc_and_the_session_goes_on(self):
+        """A reply over max_message_size (within the discard limit) is dropped whole: its RPC fails, the next works."""
+        from callhome.netconf.session import ReplyTooLarge
+
+        session = self.established(max_message_size=2048)
+        failures, replies = [], []
+        session.rpc(operations.get()).addErrback(failures.append)
+        big = reply("1", "<data>" + "x" * 5000 + "</data>")
+        session.dataReceived(ChunkedFramer.encode(big))
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0].value, ReplyTooLarge)
+        self.assertIn("exceeds max_message_size (2048)", str(failures[0].value))
+        self.assertIsNone(session.close_reason)
+        session.rpc(operations.get()).addCallback(replies.append)
+        session.dataReceived(ChunkedFramer.encode(reply("2")))
+        self.assertEqual(len(replies), 1)
 
     def test_earlier_replies_survive_a_later_bad_message(self):
         """What was received before a bad message is delivered, not lost."""

@@ -14,6 +14,7 @@ from callhome.actions import ActionConfigError, ActionContext
 from callhome.actions.capabilities import require
 from callhome.netconf import operations as ops
 from callhome.netconf import xml
+from callhome.netconf.session import ReplyTooLarge
 from callhome.storage.schemas import yang_problem
 
 _YANG_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
@@ -57,7 +58,13 @@ class GetSchema:
         for identifier, version in wanted:
             if (identifier, version) in cached:
                 continue
-            reply = await context.session.rpc(ops.get_schema(identifier, version or None))
+            try:
+                reply = await context.session.rpc(ops.get_schema(identifier, version or None))
+            except ReplyTooLarge as e:
+                skipped += 1
+                context.log.warn("get-schema: {module}@{revision} from {device} not kept: {problem}",
+                                 module=identifier, revision=version or "-", device=context.device.name, problem=e)
+                continue
             data = reply.root.find(n + "data")
             if data is None:
                 data = reply.root.find(xml.qname("data"))

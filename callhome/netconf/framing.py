@@ -43,6 +43,20 @@ class MessageTooLarge(FramingError):
     """A message grew past the configured maximum size."""
 
 
+class OversizedMessage(bytes):
+    """
+    A whole message over the size limit, consumed and dropped (chunked
+    framing with a C{discard_limit}): its value is the message's first
+    C{HEAD} bytes (enough for its message-id), C{size} its real size.
+    """
+
+    size: int = 0
+
+
+#: bytes of a dropped message kept to say which reply it was.
+HEAD = 4096
+
+
 class EndOfMessageFramer:
     """
     base:1.0 framing: messages separated by ``]]>]]>``.
@@ -126,8 +140,14 @@ class ChunkedFramer:
     @ivar max_message_size: the largest message accepted (sum of its chunks).
     """
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, discard_limit: int | None = None) -> None:
         self.max_message_size = max_message_size
+        #: a message over the maximum but within this is dropped whole and
+        #: reported (L{OversizedMessage}), the session going on; past it (or
+        #: with None) the framer raises L{MessageTooLarge}.
+        self.discard_limit = discard_limit
+        self._discarding = False
+        self._head = bytearray()
         self._buffer = bytearray()
         self._position = 0
         self._chunk_remaining = 0
@@ -166,7 +186,11 @@ class ChunkedFramer:
             if not available:
                 return False
             take = min(available, self._chunk_remaining)
-            self._message += buffer[position : position + take]
+            if self._discarding:
+                if len(self._head) < HEAD:
+                    self._head += buffer[position : position + min(take, HEAD - len(self._head))]
+            else:
+                self._message += buffer[position : position + take]
             self._position += take
             self._chunk_remaining -= take
             return True
@@ -179,9 +203,16 @@ class ChunkedFramer:
         if buffer[position + 2] == 0x23:  # "\n##": end of chunks
             if buffer[position + 3] != 0x0A:
                 raise FramingError("end-of-chunks marker not followed by LF")
-            if not self._message:
+            if not self._message_size:
                 raise FramingError("end-of-chunks marker before any chunk")
-            messages.append(bytes(self._message))
+            if self._discarding:
+                dropped = OversizedMessage(bytes(self._head))
+                dropped.size = self._message_size
+                messages.append(dropped)
+                self._discarding = False
+                self._head = bytearray()
+            else:
+                messages.append(bytes(self._message))
             self._message = bytearray()
             self._message_size = 0
             self._position += 4
@@ -200,10 +231,18 @@ class ChunkedFramer:
             raise FramingError(f"chunk size {size} exceeds {MAX_CHUNK_SIZE}")
         self._message_size += size
         if self._message_size > self.max_message_size:
-            raise MessageTooLarge(
-                f"message of at least {self._message_size} bytes exceeds "
-                f"{self.max_message_size}"
-            )
+            if self.discard_limit is None or self._message_size > self.discard_limit:
+                raise MessageTooLarge(
+                    f"message of at least {self._message_size} bytes exceeds "
+                    f"{self.max_message_size}" + (f" (and the {self.discard_limit} bytes we drop and go on after)"
+                                                  if self.discard_limit is not None else "")
+                )
+            if not self._discarding:
+                # From here the message is consumed, not kept: only its head
+                # (for the message-id) and its size are reported.
+                self._discarding = True
+                self._head = self._message[:HEAD]
+                self._message = bytearray()
         self._chunk_remaining = size
         self._position = newline + 1
         return True

@@ -33,6 +33,7 @@ from callhome.netconf.framing import (
     ChunkedFramer,
     EndOfMessageFramer,
     FramingError,
+    OversizedMessage,
 )
 
 
@@ -43,6 +44,17 @@ MAX_ABANDONED = 1000
 
 class SessionClosed(Exception):
     """The NETCONF session ended before the RPC was answered."""
+
+
+class ReplyTooLarge(Exception):
+    """The reply to an RPC was over max_message_size: dropped, the session going on."""
+
+
+#: how far past max_message_size a reply is still dropped (not the session).
+DISCARD_FACTOR = 4
+
+#: the message-id of a reply's head (its first bytes).
+_MESSAGE_ID = re.compile(rb"""<(?:\w+:)?rpc-reply\b[^>]*?\bmessage-id\s*=\s*(["'])(.*?)\1""", re.S)
 
 
 class RPCTimeout(Exception):
@@ -221,10 +233,23 @@ class NetconfSession(Protocol):
                         else:
                             self._receive(b"")
                     return
+                if isinstance(message, OversizedMessage):
+                    self._oversized(message)
+                    continue
                 self._handle(message)
         finally:
             if self._background_replies < len(messages):
                 self.last_message_at = self.clock.seconds()
+
+    def _oversized(self, message: OversizedMessage) -> None:
+        """A reply over max_message_size was dropped whole: fail its RPC; the session goes on."""
+        found = _MESSAGE_ID.search(message)
+        message_id = found.group(2).decode("ascii", "replace") if found else None
+        deferred = self._pending.pop(message_id, None) if message_id is not None else None
+        reason = f"reply of {message.size} bytes exceeds max_message_size ({self.max_message_size}): dropped"
+        self.log.warn("NETCONF session {label}: message-id {id}: {reason}", label=self.label, id=message_id or "?", reason=reason)
+        if deferred is not None:
+            deferred.errback(ReplyTooLarge(reason))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Fail every pending RPC and report the session closed."""
@@ -417,7 +442,9 @@ class NetconfSession(Protocol):
             return
         self.hello = hello
         if self.offer_base_1_1 and hello.base_1_1:
-            self._framer = ChunkedFramer(self.max_message_size)
+            # A reply over the limit is dropped and its RPC failed, the session
+            # going on, up to DISCARD_FACTOR times the limit (then closed).
+            self._framer = ChunkedFramer(self.max_message_size, discard_limit=DISCARD_FACTOR * self.max_message_size)
             self._chunked = True
         self.log.debug(
             "NETCONF hello from {label}: session {session_id}, {framing}",
