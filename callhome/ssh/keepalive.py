@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.conch.ssh import connection
-from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 
-KEEPALIVE_REQUEST = b"keepalive@openssh.com"
+from callhome.timerwheel import Job, wheel_for
 
+KEEPALIVE_REQUEST = b"keepalive@openssh.com"
 
 class Keepalive:
     """
@@ -41,17 +41,19 @@ class Keepalive:
         self.on_dead = on_dead
         self.missed = 0
         self.sent = 0
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = clock
+        self.clock = clock
+        self._job: Job | None = None
 
     def start(self) -> None:
         """Start sending, first one after C{interval}."""
-        self._loop.start(self.interval, now=False)
+        # One timer for every session's keepalives (callhome.timerwheel).
+        self._job = wheel_for(self.clock).every(self.interval, self._tick)
 
     def stop(self) -> None:
         """Stop sending (the call ended)."""
-        if self._loop.running:
-            self._loop.stop()
+        if self._job is not None:
+            self._job.stop()
+            self._job = None
 
     def _tick(self) -> None:
         if self.missed >= self.max_missed:

@@ -15,12 +15,13 @@ from __future__ import annotations
 from typing import Callable
 
 from lxml import etree
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from callhome.netconf import xml
 from callhome.netconf.session import NetconfSession, RPCReply, RPCTimeout, SessionClosed
+from callhome.timerwheel import Job, wheel_for
 
 
 def probe_operation() -> etree._Element:
@@ -28,7 +29,6 @@ def probe_operation() -> etree._Element:
     op = etree.Element(xml.qname("get"), nsmap={None: xml.NETCONF_NS})
     etree.SubElement(op, xml.qname("filter"), type="subtree")
     return op
-
 
 class Probe:
     """
@@ -49,17 +49,19 @@ class Probe:
         self.missed = 0
         self.sent = 0
         self._outstanding: defer.Deferred[RPCReply] | None = None
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = clock
+        self.clock = clock
+        self._job: Job | None = None
 
     def start(self) -> None:
         """Start probing, the first after C{interval}."""
-        self._loop.start(self.interval, now=False)
+        # One timer for every session's keepalives (callhome.timerwheel).
+        self._job = wheel_for(self.clock).every(self.interval, self._tick)
 
     def stop(self) -> None:
         """Stop probing (the call ended)."""
-        if self._loop.running:
-            self._loop.stop()
+        if self._job is not None:
+            self._job.stop()
+            self._job = None
 
     def _tick(self) -> None:
         if self.missed >= self.max_missed:
