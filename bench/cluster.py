@@ -28,16 +28,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from ours import process_cpu  # noqa: E402  (bench/ is no package)
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-
-
-def _process_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _postgres_cpu(data_dir: str) -> float:
@@ -140,7 +134,7 @@ def cluster(run: Any, instances: int, sessions: int, concurrency: int, rounds: i
             for name, subjects, port, balancer in setups:
                 cpu = [s.ask("cpu")["cpu"] for s in subjects]
                 db = _postgres_cpu(server.data)
-                lb = _process_cpu(balancer.pid) if balancer is not None else 0.0
+                lb = process_cpu(balancer.pid) if balancer is not None else 0.0
                 children = run._children_cpu()
                 wall, served, _ = run.load(port, work, sessions, concurrency)
                 load_cpu = run._children_cpu() - children
@@ -149,7 +143,7 @@ def cluster(run: Any, instances: int, sessions: int, concurrency: int, rounds: i
                 f["rate"].append(served / wall)
                 f["cpu"].append(sum(spent) * 1000 / max(served, 1))
                 f["db"].append((_postgres_cpu(server.data) - db) * 1000 / max(served, 1))
-                f["lb"].append(((_process_cpu(balancer.pid) - lb) if balancer is not None else 0.0) * 1000 / max(served, 1))
+                f["lb"].append(((process_cpu(balancer.pid) - lb) if balancer is not None else 0.0) * 1000 / max(served, 1))
                 f["load"].append(100 * load_cpu / (wall * cores))
                 f["served"].append(served)
                 f["spread"].append(min(spent) / max(max(spent), 1e-9))
