@@ -3,11 +3,13 @@ One reactor timer for many periodic jobs: the keepalives of 10,000 held
 sessions are 10,000 ``LoopingCall``s (each a DelayedCall in the reactor's
 heap, re-armed every period), or one wheel that wakes once a second and
 runs the jobs due in that second.  Jobs run to the nearest C{resolution}
-(a keepalive every 30 s does not mind a second).
+(a keepalive every 30 s does not mind a second; they come up to one
+resolution early, never late).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Callable
 
@@ -34,11 +36,16 @@ class TimerWheel:
         """Run C{work} every C{interval} seconds, the first time after one interval; cancel with the job's C{stop}."""
         self._count += 1
         job = Job(self, self._count, interval, work)
-        self._put(job, self._slot(self.clock.seconds() + interval))
+        now = self.clock.seconds()
+        # The slot that starts at or before now + interval: a job may run up to
+        # one resolution early, never late (a keepalive must not slip past its
+        # period, or a device's idle timer could fire first).
+        first = int(math.floor((now + interval) / self.resolution))
+        self._put(job, max(first, int(math.floor(now / self.resolution)) + 1))
         return job
 
     def _slot(self, when: float) -> int:
-        return int(round(when / self.resolution))
+        return int(math.floor(when / self.resolution))
 
     def _put(self, job: "Job", slot: int) -> None:
         job.slot = slot
@@ -60,7 +67,7 @@ class TimerWheel:
             for slot in sorted(s for s in self.slots if s <= now):
                 for job in list(self.slots.pop(slot).values()):
                     # Re-armed before it runs: a job that stops itself just leaves.
-                    self._put(job, slot + max(1, self._slot(job.interval)))
+                    self._put(job, slot + max(1, int(round(job.interval / self.resolution))))
                     job.work()
         finally:
             self._ticking = False

@@ -53,3 +53,16 @@ class TimerWheelTests(SynchronousTestCase):
         one, two = Clock(), Clock()
         self.assertIs(wheel_for(one), wheel_for(one))
         self.assertIsNot(wheel_for(one), wheel_for(two))
+
+    def test_never_late_whatever_the_fraction_of_the_start(self) -> None:
+        """A clock that starts mid-second (a real one) still gets one run per period, within the period."""
+        for start in (0.0, 0.27, 0.5, 0.73, 0.999):
+            clock = Clock()
+            clock.advance(1_800_000_000 + start)
+            wheel = TimerWheel(clock)
+            runs: list[float] = []
+            wheel.every(10, lambda: runs.append(clock.seconds()))
+            for _ in range(3):
+                clock.advance(10)
+            self.assertEqual(len(runs), 3, start)
+            self.assertTrue(all(0 < b - a <= 10 for a, b in zip([1_800_000_000 + start] + runs, runs)), (start, runs))
