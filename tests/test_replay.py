@@ -28,28 +28,28 @@ def notification(when: str, body: str) -> etree._Element:
     return etree.fromstring(f'<notification xmlns="{N}"><eventTime>{when}</eventTime>{body}</notification>')
 
 
+def context_with(session: Any, **extra: Any) -> Any:
+    """An ActionContext for device edge on a clock; its alarms are kept in C{alarms}."""
+    from callhome.actions import ActionContext
+
+    class Device:
+        name = "edge"
+
+    alarms: list[tuple[str, str, dict[str, Any]]] = []
+    context = ActionContext(device=Device(), session=session, results=None, clock=Clock(),  # type: ignore[arg-type]
+                            alarm=lambda kind, message, **data: alarms.append((kind, message, data)), **extra)
+    context.alarms = alarms  # type: ignore[attr-defined]
+    return context
+
+
 class ReplayFilterTests(SynchronousTestCase):
     """The filter between a resumed subscription and replayComplete."""
 
     def context(self) -> Any:
-        alarms: list[tuple[str, str]] = []
-
         class Session:
             closed: defer.Deferred[None] = defer.Deferred()
 
-        class Device:
-            name = "edge"
-
-        class Context:
-            clock = Clock()
-            session = Session()
-            device = Device()
-            log = __import__("callhome.logs", fromlist=["LevelLogger"]).LevelLogger()
-            alarm = staticmethod(lambda kind, message, **data: alarms.append((kind, message)))
-
-        context = Context()
-        context.alarms = alarms  # type: ignore[attr-defined]
-        return context
+        return context_with(Session())
 
     def test_drops_what_was_saved_until_replay_complete(self) -> None:
         context, delivered = self.context(), []
@@ -121,7 +121,6 @@ class GapTests(SynchronousTestCase):
         from callhome.netconf.session import RPCReply
 
         sent: list[etree._Element] = []
-        alarms: list[tuple[str, str, dict[str, Any]]] = []
         deliver = lambda root, raw: None  # noqa: E731
 
         class Session:
@@ -137,19 +136,9 @@ class GapTests(SynchronousTestCase):
                 raw = b'<rpc-reply xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" message-id="1"><ok/></rpc-reply>'
                 return defer.succeed(RPCReply("1", raw, etree.fromstring(raw)))
 
-        class Device:
-            name = "edge"
-
-        class Context:
-            clock = Clock()
-            session = Session()
-            device = Device()
-            log = __import__("callhome.logs", fromlist=["LevelLogger"]).LevelLogger()
-            notifications = staticmethod(deliver)
-            notification_history = staticmethod(lambda: defer.succeed(("2026-12-06T01:00:00Z", {"x"})))
-            alarm = staticmethod(lambda kind, message, **data: alarms.append((kind, message, data)))
-
-        context = Context()
+        context = context_with(Session(), notifications=deliver,
+                               notification_history=lambda: defer.succeed(("2026-12-06T01:00:00Z", {"x"})))
+        alarms = context.alarms
         result = self.successResultOf(defer.Deferred.fromCoroutine(Subscribe()(context)))  # type: ignore[arg-type]
         self.assertEqual(result, "ok")
         self.assertEqual(len(sent), 2, "with startTime, refused; then without")
