@@ -259,25 +259,30 @@ def held(count: int, baseline: bool, window: float = 30.0) -> bool:
     return complete
 
 
+def open_held(subject: Subject, work: Path, count: int) -> tuple[subprocess.Popen[bytes], float]:
+    """Start C{count} simulated devices that stay connected; wait until the manager holds them; (devices, seconds)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    devices = subprocess.Popen(
+        [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{subject.port}",
+         "--host-key", str(work / "devices" / "base"), "--devices", str(count), "--count", str(count),
+         "--concurrency", str(count), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet",
+         "--timeout", "3600", "--retries", "1000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    started = time.perf_counter()
+    state = subject.ask("held")
+    while state["sessions"] < count and time.perf_counter() - started < 600:
+        time.sleep(1)
+        state = subject.ask("held")
+    return devices, time.perf_counter() - started
+
+
 def _hold(subject: Subject, work: Path, count: int, window: float) -> tuple[float, float, int, float]:
     """Hold C{count} sessions on one manager: KiB per session, % of a core, sessions held, seconds to open."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     devices = None
     try:
         before = subject.ask("held")["rss_kib"]
-        devices = subprocess.Popen(
-            [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{subject.port}",
-             "--host-key", str(work / "devices" / "base"), "--devices", str(count), "--count", str(count),
-             "--concurrency", str(count), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet",
-             "--timeout", "3600", "--retries", "1000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )
-        started = time.perf_counter()
-        state = subject.ask("held")
-        while state["sessions"] < count and time.perf_counter() - started < 300:
-            time.sleep(1)
-            state = subject.ask("held")
-        opened = time.perf_counter() - started
+        devices, opened = open_held(subject, work, count)
         time.sleep(2)
         state = subject.ask("held")
         cpu_before = subject.ask("cpu")["cpu"]

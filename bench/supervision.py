@@ -15,9 +15,7 @@ keepalive-only run, per reset RPC).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,23 +40,10 @@ def _config(run: Any, work: Path, count: int, supervised: bool) -> tuple[Path, i
 
 
 def _hold(run: Any, work: Path, config: Path, port: int, count: int, window: float) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     subject = run.Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)
     devices = None
     try:
-        devices = subprocess.Popen(
-            [sys.executable, "-m", "callhome.simulator.cli", "--manager", f"127.0.0.1:{port}",
-             "--host-key", str(work / "devices" / "base"), "--devices", str(count), "--count", str(count),
-             "--concurrency", str(count), "--authorized-key", str(work / "manager_ed25519.pub"), "--quiet",
-             "--timeout", "3600", "--retries", "1000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )
-        started = time.perf_counter()
-        state = subject.ask("held")
-        while state["sessions"] < count and time.perf_counter() - started < 600:
-            time.sleep(1)
-            state = subject.ask("held")
-        opened = time.perf_counter() - started
+        devices, opened = run.open_held(subject, work, count)
         # Past the first interval: the resets and notifications are in their steady beat.
         time.sleep(65)
         before, cpu = subject.ask("held"), subject.ask("cpu")["cpu"]
