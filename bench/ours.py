@@ -16,6 +16,9 @@ answers one-line commands on stdin, each with one JSON line on stdout:
               only when CALLHOME_TRACEMALLOC=1 is set; [] otherwise}
     latency  {"latencies": [seconds from TCP accept to the reply saved, ...]}  (and clears them)
     quit
+
+With ``CALLHOME_PROFILE=FILE`` set, the whole run is under cProfile and its
+statistics are written to FILE at ``quit`` (``python -m pstats FILE``).
 """
 
 from __future__ import annotations
@@ -143,7 +146,13 @@ def main() -> None:
         tracemalloc.start(1)
     stdio.StandardIO(control)
     print(json.dumps({"ready": True}), flush=True)
-    reactor.run()
+    profile_to = os.environ.get("CALLHOME_PROFILE")
+    if profile_to:
+        import cProfile
+
+        cProfile.runctx("reactor.run()", globals(), {"reactor": reactor}, profile_to)
+    else:
+        reactor.run()
 
 
 if __name__ == "__main__":

@@ -52,10 +52,10 @@ def free_port() -> int:
 class Subject:
     """A manager process answering control lines."""
 
-    def __init__(self, name: str, argv: list[str], port: int) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, repo: Path = REPO) -> None:
         self.name = name
         self.port = port
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(repo))
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         ready = self.read()
         if not ready.get("ready"):
@@ -410,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20 sessions, 1 round (CI smoke)")
     parser.add_argument("--no-baseline", action="store_true", help="skip asyncssh")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run callhome from this checkout (git worktree add /tmp/before COMMIT) in the same rounds")
     parser.add_argument("--storm", type=int, default=2000, help="devices in the reconnect storm (0: skip)")
     parser.add_argument("--large-mb", type=int, default=50, help="size of the large <get> reply in MB (0: skip)")
     parser.add_argument("--held", type=int, default=10000, help="persistent sessions to hold open (0: skip)")
@@ -461,6 +463,17 @@ def main(argv: list[str] | None = None) -> int:
         config = work / "config.yaml"
         config.write_text(config.read_text().replace("{port}", str(port)))
         subjects.append(Subject("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port))
+        if args.before:
+            # The same load, config and round order; only the manager's code differs.
+            before = args.before.resolve()
+            before_config = work / "config-before.yaml"
+            before_port = free_port()
+            text = config.read_text().replace(f"tcp:{port}:", f"tcp:{before_port}:")
+            for name in ("results", "state", "callhome.sqlite"):
+                text = text.replace(f"{work}/{name}", f"{work}/before-{name}")
+            before_config.write_text(text)
+            subjects.append(Subject("callhome@before", [sys.executable, str(before / "bench" / "ours.py"), str(before_config)],
+                                    before_port, repo=before))
         if not args.no_baseline:
             try:
                 import asyncssh  # noqa: F401
@@ -504,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'ratio ours/asyncssh':22}{ours['rate'] / base['rate']:12.2f}{ours['cpu'] / base['cpu']:16.2f}"
                   f"{'-':>9}{'-':>9}")
             print("(asyncssh latency starts after its SSH handshake, at listen_reverse's acceptor: not comparable)")
+        if "callhome@before" in medians:
+            ours, base = medians["callhome"], medians["callhome@before"]
+            print(f"{'ratio ours/before':22}{ours['rate'] / base['rate']:12.2f}{ours['cpu'] / base['cpu']:16.2f}{'-':>9}{'-':>9}")
         failed = any(min(f["served"]) < args.sessions for f in figures.values())
         if args.storm:
             failed |= not storm(args.storm)

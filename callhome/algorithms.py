@@ -14,6 +14,8 @@ from typing import Iterable
 
 from twisted.conch.ssh.transport import SSHTransportBase
 
+from callhome.ssh import aead
+
 # Best first.  The host-key order is fixed so the same device always presents
 # the same key type; every key the config lists for it still matches.
 KEX = (
@@ -33,7 +35,9 @@ HOST_KEYS = (
     b"rsa-sha2-512",
     b"rsa-sha2-256",
 )
-CIPHERS = (b"aes128-ctr", b"aes256-ctr", b"aes192-ctr")
+# AES-GCM first: one C call per packet for encryption and integrity
+# (callhome.ssh.aead); CTR+HMAC for devices without it.
+CIPHERS = aead.CIPHERS + (b"aes128-ctr", b"aes256-ctr", b"aes192-ctr")
 MACS = (b"hmac-sha2-256", b"hmac-sha2-512")
 
 #: Legacy algorithms a device or group may opt into by name, per kind.
@@ -65,7 +69,7 @@ def offer(legacy: Iterable[str] = ()) -> dict[str, list[bytes]]:
     return {
         "supportedKeyExchanges": kind(KEX, "kex", base.supportedKeyExchanges),
         "supportedPublicKeys": kind(HOST_KEYS, "host_key", base.supportedPublicKeys),
-        "supportedCiphers": kind(CIPHERS, "cipher", base.supportedCiphers),
+        "supportedCiphers": kind(CIPHERS, "cipher", list(aead.CIPHERS) + base.supportedCiphers),
         "supportedMACs": kind(MACS, "mac", base.supportedMACs),
         "supportedCompressions": [b"none"],
     }

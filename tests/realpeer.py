@@ -263,6 +263,7 @@ class NetconfdDevice:
         authorized_keys: list[str],
         host_key_type: str = "ed25519",
         input_delay: float = 0.0,
+        sshd_options: list[str] | None = None,
     ) -> None:
         """Generate the host key in ``workdir`` (created if missing).
 
@@ -274,10 +275,14 @@ class NetconfdDevice:
         out at once, but what the manager sends is held back that long and
         then passed on in one write (through ``cat``), so netconfd reads
         the manager's hello together with whatever followed it by then.
+
+        ``sshd_options`` are sshd_config lines written before the defaults
+        (sshd keeps a keyword's first value), e.g. ``Ciphers aes128-ctr``.
         """
         if input_delay < 0:
             raise ValueError("input_delay must not be negative")
         self.input_delay = input_delay
+        self.sshd_options = list(sshd_options or [])
         # sshd_config quoting and AuthorizedKeysFile %-expansion.
         if any(c in workdir for c in '"%\n'):
             raise ValueError(f"unsupported character in workdir {workdir!r}")
@@ -309,6 +314,7 @@ class NetconfdDevice:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self._write_authorized_keys()
         with open(self._config, "w") as f:
+            f.writelines(line + "\n" for line in self.sshd_options)
             f.write(
                 f'HostKey "{self._hostkey}"\n'
                 f'AuthorizedKeysFile "{self._authkeys}"\n'

@@ -107,6 +107,7 @@ class NetconfdCallHomeTests(unittest.TestCase):
         self.key_path, self.key_public = manager_key(self.root)
         self.records: list[Any] = []
         self.sessions: list[Any] = []
+        self.transports: list[Any] = []
 
     # --- helpers ------------------------------------------------------------------
 
@@ -116,6 +117,7 @@ class NetconfdCallHomeTests(unittest.TestCase):
         host_key_type: str = "ed25519",
         input_delay: float = 0.0,
         name: str = "dev",
+        sshd_options: list[str] | None = None,
     ) -> realpeer.NetconfdDevice:
         """A device that lets our key (or C{authorized_keys}) log in as root."""
         device = realpeer.NetconfdDevice(
@@ -123,6 +125,7 @@ class NetconfdCallHomeTests(unittest.TestCase):
             [self.key_public] if authorized_keys is None else authorized_keys,
             host_key_type=host_key_type,
             input_delay=input_delay,
+            sshd_options=sshd_options,
         )
         self.addCleanup(device.stop)
         return device
@@ -181,6 +184,7 @@ class NetconfdCallHomeTests(unittest.TestCase):
 
         def spy_session_ready(call: Any, session: Any) -> None:
             self.sessions.append(session)
+            self.transports.append(call)
             session_ready(call, session)
 
         manager.call_ended = spy_call_ended  # type: ignore[method-assign]
@@ -301,6 +305,56 @@ class NetconfdCallHomeTests(unittest.TestCase):
         [saved] = self.result_files("get")
         self.assert_reply_with_data(saved, minimum_size=10_000)
         self.assertIn(b"<data", saved.read_bytes())
+
+    @defer.inlineCallbacks
+    def cipher_call(self, sshd_options: list[str]) -> Any:
+        """One ``<get>`` call of a device whose sshd has C{sshd_options}: the transport, once checked."""
+        device = self.make_device(sshd_options=sshd_options)
+        self.start_manager(device, chain=[{"get": {}}])
+        record = yield self.call(device)
+        self.assert_ok(record, device)
+        [saved] = self.result_files("get")
+        self.assert_reply_with_data(saved, minimum_size=10_000)
+        [transport] = self.transports
+        return transport.currentEncryptions
+
+    @defer.inlineCallbacks
+    def test_aes128_gcm_offered_first(self):
+        """
+        With OpenSSH's default offer, the call runs on AES-GCM
+        (callhome.ssh.aead): our first choice, one C call per packet, no
+        separate MAC.
+        """
+        ciphers = yield self.cipher_call([])
+        self.assertEqual((ciphers.outCipType, ciphers.inCipType), (b"aes128-gcm@openssh.com",) * 2)
+        self.assertEqual((ciphers.outMACType, ciphers.inMACType), (b"implicit",) * 2)
+
+    @defer.inlineCallbacks
+    def test_aes256_gcm(self):
+        """A device that offers only aes256-gcm@openssh.com is served with it."""
+        ciphers = yield self.cipher_call(["Ciphers aes256-gcm@openssh.com"])
+        self.assertEqual((ciphers.outCipType, ciphers.inCipType), (b"aes256-gcm@openssh.com",) * 2)
+
+    @defer.inlineCallbacks
+    def test_ctr_and_hmac_for_devices_without_gcm(self):
+        """A device without AES-GCM gets CTR with the HMAC it offers (sha2-512 here)."""
+        ciphers = yield self.cipher_call(["Ciphers aes256-ctr", "MACs hmac-sha2-512"])
+        self.assertEqual((ciphers.outCipType, ciphers.inCipType), (b"aes256-ctr",) * 2)
+        self.assertEqual((ciphers.outMACType, ciphers.inMACType), (b"hmac-sha2-512",) * 2)
+
+    @defer.inlineCallbacks
+    def test_gcm_across_rekeys_the_device_starts(self):
+        """
+        sshd re-keys after every KiB (RekeyLimit; it re-keys at least every
+        64 blocks): the session crosses several key exchanges, each with
+        fresh AES-GCM keys and counters, and the reply arrives whole.
+        """
+        ciphers = yield self.cipher_call(["Ciphers aes128-gcm@openssh.com", "RekeyLimit 1K", "LogLevel DEBUG1"])
+        self.assertEqual(ciphers.inCipType, b"aes128-gcm@openssh.com")
+        # sshd logs each key exchange's choice at DEBUG1: the first and the re-keys.
+        log = (self.root / "dev" / "sshd.log").read_text(errors="replace")
+        exchanges = log.count("kex: server->client cipher: aes128-gcm@openssh.com")
+        self.assertGreaterEqual(exchanges, 3, log[-3000:])
 
     @defer.inlineCallbacks
     def test_chain_get_then_get_config(self):

@@ -24,6 +24,8 @@ from zope.interface import implementer
 
 from callhome import fingerprints
 from callhome.logs import conch_logger
+from callhome.ssh.aead import CIPHERS as AEAD_CIPHERS
+from callhome.ssh.aead import AeadTransportMixin
 from callhome.simulator.netconf_server import Datastore, NetconfServerProtocol
 
 
@@ -90,8 +92,11 @@ class NetconfRealm:
         return interfaces[0], user, lambda: None
 
 
-class DeviceTransport(transport.SSHServerTransport):
+class DeviceTransport(AeadTransportMixin, transport.SSHServerTransport):
     """The device's SSH server transport; C{done} fires (with None) when the call ends."""
+
+    # Like OpenSSH and libssh, AES-GCM first (callhome.ssh.aead).
+    supportedCiphers = list(AEAD_CIPHERS) + transport.SSHServerTransport.supportedCiphers
 
     # conch's packet-level chatter, dropped before it is built (as the manager does).
     _log = conch_logger("callhome.simulator.conch")

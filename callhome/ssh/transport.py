@@ -21,6 +21,7 @@ from callhome import fingerprints
 from callhome.call.record import CallRecord, CallState, Outcome
 from callhome.logs import LevelLogger, conch_logger
 from callhome.netconf.session import NetconfSession
+from callhome.ssh.aead import AeadTransportMixin
 from callhome.ssh.connection import CallHomeConnection
 from callhome.ssh.keepalive import Keepalive
 from callhome.ssh.userauth import CallHomeUserAuth
@@ -63,9 +64,10 @@ class CallHandler(Protocol):
         """Record a finished call (one log line, status)."""
 
 
-class CallHomeTransport(TimeoutMixin, transport.SSHClientTransport):
+class CallHomeTransport(TimeoutMixin, AeadTransportMixin, transport.SSHClientTransport):
     """
-    conch's SSH client transport on a socket the device opened.
+    conch's SSH client transport on a socket the device opened, with
+    AES-GCM (L{AeadTransportMixin}).
 
     @ivar handler: the manager this call reports to.
     @ivar call: the record of this call.
