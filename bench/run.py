@@ -214,7 +214,7 @@ def large_reply(megabytes: int) -> bool:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def held(count: int, baseline: bool, window: float = 30.0) -> bool:
+def held(count: int, baseline: bool, window: float = 30.0, before: Path | None = None) -> bool:
     """
     Persistent sessions: hold C{count} open with keepalives every 30 s, in
     callhome and (if C{baseline}) in the asyncssh manager; print resident
@@ -232,18 +232,22 @@ def held(count: int, baseline: bool, window: float = 30.0) -> bool:
     text = config.read_text().replace("{port}", str(port))
     text = text.replace("chain: bench}", "chain: bench, mode: persistent}") + "ssh: {keepalive_interval: 30, keepalive_max_missed: 3}\n"
     config.write_text(text)
-    subjects = [("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port)]
+    subjects = [("callhome", [sys.executable, str(REPO / "bench" / "ours.py"), str(config)], port, REPO)]
+    if before is not None:
+        # The older checkout holds the same sessions after ours (each subject alone on the machine).
+        subjects.append(("callhome@before", [sys.executable, str(before.resolve() / "bench" / "ours.py"), str(config)], port,
+                         before.resolve()))
     if baseline:
         base_port = free_port()
         subjects.append(("asyncssh", [
             sys.executable, str(REPO / "bench" / "asyncssh_baseline.py"), str(base_port),
             str(work / "manager_ed25519"), str(work / "devices"), str(work / "baseline-results"), "persistent",
-        ], base_port))
+        ], base_port, REPO))
     figures: dict[str, tuple[float, float]] = {}
     complete = True
     try:
-        for name, argv, subject_port in subjects:
-            per_session, cpu_share, held_now, opened = _hold(Subject(name, argv, subject_port), work, count, window)
+        for name, argv, subject_port, repo in subjects:
+            per_session, cpu_share, held_now, opened = _hold(Subject(name, argv, subject_port, repo=repo), work, count, window)
             figures[name] = (per_session, cpu_share)
             complete &= held_now == count
             print(f"held sessions ({name}): {held_now} of {count} open after {opened:.0f} s; "
@@ -256,6 +260,9 @@ def held(count: int, baseline: bool, window: float = 30.0) -> bool:
     if "asyncssh" in figures:
         ours, base = figures["callhome"], figures["asyncssh"]
         print(f"held sessions, ratio ours/asyncssh: memory {ours[0] / base[0]:.2f}, keepalive CPU {ours[1] / max(base[1], 1e-9):.2f}")
+    if "callhome@before" in figures:
+        ours, base = figures["callhome"], figures["callhome@before"]
+        print(f"held sessions, ratio ours/before: memory {ours[0] / base[0]:.2f}, keepalive CPU {ours[1] / max(base[1], 1e-9):.2f}")
     return complete
 
 
@@ -530,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.durable:
             durability(args.sessions, args.concurrency, args.rounds)
         if args.held:
-            failed |= not held(args.held, baseline="asyncssh" in medians, window=2.0 if args.quick else 30.0)
+            failed |= not held(args.held, baseline="asyncssh" in medians, window=2.0 if args.quick else 30.0, before=args.before)
         if args.tls:
             failed |= not _tls(args)
         return 1 if failed else 0

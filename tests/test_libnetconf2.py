@@ -138,7 +138,7 @@ class Libnetconf2TlsTests(RunningService):
         self.assertIn("session 1 ended (closed by <close-session>)", device.log())
         manager = self.service.manager
         await wait_for(lambda: not manager.active, timeout=15, what="the call to end")
-        self.assertEqual(dict(manager.counts), {"ok": 1})
+        self.assertEqual(dict(manager.counts), {"ok": 1}, f"{(await self.get('/events')).body.decode()}\n{device.log()}")
 
     async def test_persistent_session_probed_and_used_through_the_api(self) -> None:
         """A held session: libnetconf2 answers the keepalive probes, the session lives, the API runs RPCs on it."""

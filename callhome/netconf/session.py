@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 from lxml import etree
 from twisted.internet import defer
@@ -40,6 +40,8 @@ from callhome.netconf.framing import (
 #: ids of given-up RPCs remembered at most (a late reply to an older one
 #: closes the session as a reply to nothing we asked).
 MAX_ABANDONED = 1000
+#: The empty set every session starts with (see NetconfSession.__init__).
+_NONE: frozenset[str] = frozenset()
 
 
 class SessionClosed(Exception):
@@ -162,7 +164,8 @@ class NetconfSession(Protocol):
         #: when the last complete message arrived (persistent idle timeout).
         self.last_message_at = clock.seconds()
         #: message ids of background RPCs awaiting a reply (see L{rpc}).
-        self._background: set[str] = set()
+        # Empty until used (most sessions never use them): a set is 216 bytes.
+        self._background: AbstractSet[str] = _NONE
         self._background_replies = 0
         self._framer: EndOfMessageFramer | ChunkedFramer = EndOfMessageFramer(max_message_size)
         self._chunked = False
@@ -170,7 +173,7 @@ class NetconfSession(Protocol):
         self._pending: dict[str, defer.Deferred[RPCReply]] = {}
         # Ids of RPCs we gave up on: a late reply to one is dropped, not
         # treated as a reply to something we never asked.
-        self._abandoned: set[str] = set()
+        self._abandoned: AbstractSet[str] = _NONE
         self._hello_timer: IDelayedCall | None = None
         self._connected = False
         #: told (operation, outcome, seconds) as each RPC ends: outcome is
@@ -305,14 +308,16 @@ class NetconfSession(Protocol):
 
         def cancel(deferred: defer.Deferred[RPCReply]) -> None:
             if self._pending.pop(message_id, None) is not None:
-                if len(self._abandoned) >= MAX_ABANDONED:
-                    self._abandoned.pop()
-                self._abandoned.add(message_id)
+                abandoned = self._abandoned if isinstance(self._abandoned, set) else set()
+                if len(abandoned) >= MAX_ABANDONED:
+                    abandoned.pop()
+                abandoned.add(message_id)
+                self._abandoned = abandoned
 
         deferred: defer.Deferred[RPCReply] = defer.Deferred(cancel)
         self._pending[message_id] = deferred
         if background:
-            self._background.add(message_id)
+            self._background = (self._background if isinstance(self._background, set) else set()) | {message_id}
         self._send(operations.rpc(message_id, operation))
         seconds = self.rpc_timeout if timeout is None else timeout
 
@@ -459,11 +464,11 @@ class NetconfSession(Protocol):
             return
         deferred = self._pending.pop(message_id, None)
         if message_id in self._background:
-            self._background.discard(message_id)
+            self._background = self._background - {message_id}
             self._background_replies += 1
         if deferred is None:
             if message_id in self._abandoned:
-                self._abandoned.discard(message_id)
+                self._abandoned = self._abandoned - {message_id}
                 self.log.info(
                     "late reply to abandoned rpc {message_id} from {label} dropped",
                     message_id=message_id, label=self.label,
