@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager
 
 MSG_GLOBAL_REQUEST = 80
+MSG_REQUEST_SUCCESS = 81
 
 
 class PersistentTests(SynchronousTestCase):
@@ -68,6 +69,26 @@ class PersistentTests(SynchronousTestCase):
         self.assertIn("no answer to 3 keepalives", record.reason)
         self.assertTrue(call.pump.clientIO.disconnected)
         self.assertEqual(self.manager.registry.status["edge-1"].status, "disconnected")
+
+    def test_keepalive_answered_by_success_or_failure(self):
+        """OpenSSH answers keepalive@openssh.com with a failure, others with success: both prove the device alive."""
+        for answer in (1, 0):
+            call = self.start()
+            call.device.service.gotGlobalRequest = lambda request, data, answer=answer: answer
+            call.call.keepalive.missed = 2
+            self.advance(call, 10)
+            self.assertEqual(call.call.keepalive.missed, 0, f"answer {answer}")
+            self.assertEqual(call.call.keepalive.sent, 1)
+            self.assertFalse(call.pump.clientIO.disconnected)
+
+    def test_unsolicited_global_answer_ends_the_call(self):
+        """An answer to a global request we never sent is a protocol error: the call ends, saying so."""
+        call = self.start()
+        call.device.service.transport.sendPacket(MSG_REQUEST_SUCCESS, b"")
+        call.run()
+        record = call.call.call
+        self.assertIn("the device sent a global request success for nothing we asked", record.reason)
+        self.assertTrue(call.pump.clientIO.disconnected)
 
     def test_device_keepalive_is_answered(self):
         """The device's keepalive@openssh.com gets a success reply."""

@@ -6,9 +6,10 @@ runs the ``netconf`` subsystem (RFC 6242 §3) and carries a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict, Unpack
 
 from twisted.conch.ssh import channel, common, connection
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
@@ -76,6 +77,46 @@ class CallHomeConnection(connection.SSHConnection):
         """The call ended: no more keepalives."""
         self.call_transport.stop_keepalive()
         super().serviceStopped()
+
+    def send_global_request(self, payload: bytes, on_answer: Callable[[], None]) -> None:
+        """
+        Send a prebuilt SSH_MSG_GLOBAL_REQUEST with want-reply set;
+        C{on_answer} runs when the device answers, success or failure.
+
+        For keepalives: conch's C{sendGlobalRequest} gives a Deferred per
+        request, and OpenSSH answers keepalive@openssh.com with a failure,
+        so every keepalive built a L{Failure} as well.  Here the answer is
+        one call.  Requests and answers stay in order in conch's queue.
+        """
+        assert self.transport is not None
+        self.transport.sendPacket(connection.MSG_GLOBAL_REQUEST, payload)
+        self.deferreds["global"].append(on_answer)
+
+    def _global_answer(self, what: str) -> bool:
+        """An answer to a global request arrived: True if it was one of ours (handled here)."""
+        queue = self.deferreds["global"]
+        if not queue:
+            self.call_transport.fail(f"the device sent a global request {what} for nothing we asked")
+            return True
+        if isinstance(queue[0], defer.Deferred):
+            return False
+        queue.pop(0)()
+        return True
+
+    def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
+        """A global request succeeded."""
+        if not self._global_answer("success"):
+            super().ssh_REQUEST_SUCCESS(packet)
+
+    def ssh_REQUEST_FAILURE(self, packet: bytes) -> None:
+        """A global request failed (OpenSSH's answer to a keepalive)."""
+        if not self._global_answer("failure"):
+            super().ssh_REQUEST_FAILURE(packet)
+
+    def _cleanupGlobalDeferreds(self) -> None:
+        """The connection stopped: errback conch's Deferreds; our answer callbacks are dropped."""
+        self.deferreds["global"] = [d for d in self.deferreds["global"] if isinstance(d, defer.Deferred)]
+        super()._cleanupGlobalDeferreds()
 
     def serviceStarted(self) -> None:
         """Authenticated: open the session channel for NETCONF."""

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.conch.ssh import connection
+from twisted.conch.ssh import common
 from twisted.internet.interfaces import IReactorTime
 
+from callhome.ssh.connection import CallHomeConnection
 from callhome.timerwheel import Job, wheel_for
 
 KEEPALIVE_REQUEST = b"keepalive@openssh.com"
+#: The global request's payload, built once: name, want-reply, no data.
+KEEPALIVE_PAYLOAD = common.NS(KEEPALIVE_REQUEST) + b"\xff"
 
 class Keepalive:
     """
@@ -29,7 +32,7 @@ class Keepalive:
 
     def __init__(
         self,
-        conn: connection.SSHConnection,
+        conn: CallHomeConnection,
         clock: IReactorTime,
         interval: float,
         max_missed: int,
@@ -62,9 +65,8 @@ class Keepalive:
             return
         self.missed += 1
         self.sent += 1
-        d = self.conn.sendGlobalRequest(KEEPALIVE_REQUEST, b"", wantReply=True)
         # Success or failure: either way the device answered.
-        d.addBoth(self._answered)
+        self.conn.send_global_request(KEEPALIVE_PAYLOAD, self._answered)
 
-    def _answered(self, _: object) -> None:
+    def _answered(self) -> None:
         self.missed = 0
