@@ -6,6 +6,8 @@ idle timeout.  In memory, time driven by hand.
 
 from __future__ import annotations
 
+import sys
+
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -89,6 +91,27 @@ class PersistentTests(SynchronousTestCase):
         record = call.call.call
         self.assertIn("the device sent a global request success for nothing we asked", record.reason)
         self.assertTrue(call.pump.clientIO.disconnected)
+
+    def test_held_call_stays_small(self):
+        """
+        A held call's transport keeps its attributes in the smaller dict
+        table (42 keys or fewer, even at the handshake's peak): the offer's
+        lists live on the class and the handshake's leftovers are dropped.
+        """
+        call = self.start()
+        transport = call.call
+        self.assertNotIn("supportedCiphers", vars(transport))
+        self.assertIs(type(transport), type(transport).offering(self.manager.offer))
+        for leftover in ("instance", "ecPriv", "ecPub", "ourKexInitPayload", "otherKexInitPayload", "peerExtensions"):
+            self.assertNotIn(leftover, vars(transport))
+
+        class Bare:
+            pass
+
+        widest = Bare()
+        for i in range(42):
+            setattr(widest, f"attribute_{i}", i)
+        self.assertLessEqual(sys.getsizeof(vars(transport)), sys.getsizeof(vars(widest)), sorted(vars(transport)))
 
     def test_device_keepalive_is_answered(self):
         """The device's keepalive@openssh.com gets a success reply."""

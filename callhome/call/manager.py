@@ -184,9 +184,8 @@ class Manager:
         """An SSH call for a new, admitted connection (tracked from now on)."""
         from callhome.ssh.transport import CallHomeTransport
 
-        call = CallHomeTransport(
-            self, self.config.ssh.handshake_timeout,
-            idle_timeout=self.config.admission.idle_timeout, offer=self.offer,
+        call = CallHomeTransport.offering(self.offer)(
+            self, self.config.ssh.handshake_timeout, idle_timeout=self.config.admission.idle_timeout,
         )
         self.active.add(call)
         return call
