@@ -25,7 +25,7 @@ from callhome.actions.plugins import check_result
 from callhome.actions.chains import Step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepOutcome:
     """What one step did: its result, or why it failed, and how long it took."""
 

@@ -93,7 +93,7 @@ _REFUSALS = frozenset([
 _STATUS_AFTER = {Outcome.AUTH_FAILED: "failed-auth", Outcome.NOT_ALLOWED: "failed-not-allowed"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class CallRecord:
     """
     What we know about one call; the call's log line and status come from it.

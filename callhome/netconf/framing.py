@@ -64,6 +64,9 @@ class EndOfMessageFramer:
     @ivar max_message_size: the largest message accepted, in bytes.
     """
 
+    # One framer per session, held as long as it is: no per-instance dict.
+    __slots__ = ("max_message_size", "_buffer", "_scanned")
+
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.max_message_size = max_message_size
         self._buffer = bytearray()
@@ -139,6 +142,9 @@ class ChunkedFramer:
 
     @ivar max_message_size: the largest message accepted (sum of its chunks).
     """
+
+    __slots__ = ("max_message_size", "discard_limit", "_discarding", "_head", "_buffer", "_position",
+                 "_chunk_remaining", "_message", "_message_size")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, discard_limit: int | None = None) -> None:
         self.max_message_size = max_message_size

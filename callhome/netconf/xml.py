@@ -184,7 +184,7 @@ def local_name(element: etree._Element) -> str:
 # --- reading what we receive ---------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hello:
     """A device's hello: what it can do and which session it opened."""
 

@@ -30,6 +30,9 @@ class Keepalive:
     @ivar sent: keepalives sent in all.
     """
 
+    # One per held session: no per-instance dict.
+    __slots__ = ("conn", "interval", "max_missed", "on_dead", "missed", "sent", "clock", "_job")
+
     def __init__(
         self,
         conn: CallHomeConnection,

@@ -250,12 +250,11 @@ class CallHomeTransport(AeadTransportMixin, transport.SSHClientTransport):
         """Persistent mode: send keepalives; drop the call when they go unanswered."""
         if not isinstance(self.service, CallHomeConnection):
             return
-
-        def dead(reason: str) -> None:
-            self.fail(reason, outcome=Outcome.KEEPALIVE_TIMEOUT)
-
-        self.keepalive = Keepalive(self.service, self.handler.clock, interval, max_missed, dead)
+        self.keepalive = Keepalive(self.service, self.handler.clock, interval, max_missed, self._keepalives_unanswered)
         self.keepalive.start()
+
+    def _keepalives_unanswered(self, reason: str) -> None:
+        self.fail(reason, outcome=Outcome.KEEPALIVE_TIMEOUT)
 
     def stop_keepalive(self) -> None:
         """Stop sending keepalives."""
