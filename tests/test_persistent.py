@@ -11,6 +11,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from callhome.timerwheel import wheel_for
 from tests.helpers import make_keys, InMemoryCall, device_factory, make_config, memory_manager
 
 MSG_GLOBAL_REQUEST = 80
@@ -112,6 +113,27 @@ class PersistentTests(SynchronousTestCase):
         for i in range(42):
             setattr(widest, f"attribute_{i}", i)
         self.assertLessEqual(sys.getsizeof(vars(transport)), sys.getsizeof(vars(widest)), sorted(vars(transport)))
+
+    def test_idle_check_rides_on_the_keepalive(self):
+        """
+        A held session has one timer-wheel job: the admission.idle_timeout
+        check runs on the keepalive's tick, and still drops a device that
+        goes silent (keepalives unanswered, allowed to miss many).
+        """
+        call = self.start(extra="admission: {idle_timeout: 100}\n")
+        transport = call.call
+        transport.keepalive.max_missed = 1000
+        self.assertIsNone(transport._idle_watch)
+        self.assertIs(transport.keepalive.on_tick.__func__, type(transport)._check_idle)
+        wheel = wheel_for(self.manager.clock)
+        self.assertEqual(sum(len(jobs) for jobs in wheel.slots.values()), 1)
+        call.device.service.ssh_GLOBAL_REQUEST = lambda packet: None
+        self.advance(call, 95)
+        self.assertFalse(call.pump.clientIO.disconnected)
+        self.advance(call, 20)
+        record = call.call.call
+        self.assertEqual(record.outcome, "idle-timeout")
+        self.assertIn("nothing received from the device for 100s", record.reason)
 
     def test_device_keepalive_is_answered(self):
         """The device's keepalive@openssh.com gets a success reply."""

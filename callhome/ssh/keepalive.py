@@ -31,7 +31,7 @@ class Keepalive:
     """
 
     # One per held session: no per-instance dict.
-    __slots__ = ("conn", "interval", "max_missed", "on_dead", "missed", "sent", "clock", "_job")
+    __slots__ = ("conn", "interval", "max_missed", "on_dead", "on_tick", "missed", "sent", "clock", "_job")
 
     def __init__(
         self,
@@ -40,8 +40,12 @@ class Keepalive:
         interval: float,
         max_missed: int,
         on_dead: Callable[[str], None],
+        on_tick: Callable[[], bool] | None = None,
     ) -> None:
         self.conn = conn
+        #: run first on every tick (the call's idle check, sharing this
+        #: job); False means the call is over: no keepalive.
+        self.on_tick = on_tick
         self.interval = interval
         self.max_missed = max_missed
         self.on_dead = on_dead
@@ -62,6 +66,9 @@ class Keepalive:
             self._job = None
 
     def _tick(self) -> None:
+        if self.on_tick is not None and not self.on_tick():
+            self.stop()
+            return
         if self.missed >= self.max_missed:
             self.stop()
             self.on_dead(f"no answer to {self.missed} keepalives in {self.missed * self.interval:g}s")

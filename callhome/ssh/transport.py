@@ -250,7 +250,13 @@ class CallHomeTransport(AeadTransportMixin, transport.SSHClientTransport):
         """Persistent mode: send keepalives; drop the call when they go unanswered."""
         if not isinstance(self.service, CallHomeConnection):
             return
-        self.keepalive = Keepalive(self.service, self.handler.clock, interval, max_missed, self._keepalives_unanswered)
+        on_tick = None
+        if self._idle_watch is not None and interval <= self._idle_watch.interval:
+            # One wheel job per held session: the idle check rides on the
+            # keepalive's tick, which comes at least as often.
+            self._stop_idle_watch()
+            on_tick = self._check_idle
+        self.keepalive = Keepalive(self.service, self.handler.clock, interval, max_missed, self._keepalives_unanswered, on_tick)
         self.keepalive.start()
 
     def _keepalives_unanswered(self, reason: str) -> None:
@@ -275,7 +281,8 @@ class CallHomeTransport(AeadTransportMixin, transport.SSHClientTransport):
         self._idle_mark = (self.bytes_received, self.handler.clock.seconds())
         self._idle_watch = wheel_for(self.handler.clock).every(max(1.0, timeout / 10), self._check_idle)
 
-    def _check_idle(self) -> None:
+    def _check_idle(self) -> bool:
+        """End the call if the device has been silent for idle_timeout; whether the call goes on."""
         assert self.idle_timeout is not None
         count, since = self._idle_mark
         now = self.handler.clock.seconds()
@@ -287,6 +294,8 @@ class CallHomeTransport(AeadTransportMixin, transport.SSHClientTransport):
                 f"nothing received from the device for {self.idle_timeout:g}s (admission.idle_timeout)",
                 outcome=Outcome.IDLE_TIMEOUT,
             )
+            return False
+        return True
 
     def _stop_idle_watch(self) -> None:
         if self._idle_watch is not None:
