@@ -137,7 +137,7 @@ class RunningService(TestCase):
 listen: {listen}
 results_dir: {self.tmp / 'results'}
 state_dir: {self.tmp / 'state'}
-store: {{database: {self.tmp / 'callhome.sqlite'}}}
+store: {{database: {self.tmp / 'callhome.sqlite'}{self.store_extra}}}
 api: {{listen: "tcp:{self.api_port}:interface=127.0.0.1"{self.api_extra}}}
 defaults: {{username: admin, private_key: {self.manager_key}, chain: main}}
 devices: {devices}
@@ -146,6 +146,8 @@ chains: {chains}
 """)
 
     api_extra = ""
+    #: more store keys (", payloads: database")
+    store_extra = ""
 
     def start(self, devices: str, chains: str = "{main: [{get: {}}]}", extra: str = "") -> CallHomeService:
         self.port = free_port()

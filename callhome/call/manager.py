@@ -93,6 +93,7 @@ class Manager:
         self.metrics = metrics or Metrics()
         self.results = results or ResultsWriter(config.results_dir, durable=config.store.durable)
         self.results.on_saved = self._saved
+        self.results.inline_max = self._inline_max(config)
         self.registry = registry or Registry(config, clock, store=store)
         self.admission = Admission(config.admission, clock)
         self.active: set["CallConnection"] = set()
@@ -131,6 +132,7 @@ class Manager:
         self.offer = algorithms.offer(self._legacy_opt_ins())
         if self.results.directory != config.results_dir:
             self.results = ResultsWriter(config.results_dir, on_saved=self._saved, durable=config.store.durable)
+        self.results.inline_max = self._inline_max(config)
         for name, call in list(self.sessions.items()):
             if self.registry.device(name) is None:
                 self.log.warn("device {device} is no longer configured: closing its session", device=name)
@@ -140,10 +142,15 @@ class Manager:
         """Every byte received from devices, on ended and open calls."""
         return self.bytes_received_closed + sum(c.bytes_received for c in self.active)
 
+    def _inline_max(self, config: Config) -> int:
+        """The largest result kept in the database instead of a file (store.payloads); 0: files only."""
+        return config.store.payloads_max_inline if config.store.payloads == "database" and self.store is not None else 0
+
     def _saved(self, saved: SavedFile) -> None:
         self.metrics.results_saved.inc()
         if self.store is not None:
-            self.store.add_result(saved.device, saved.action, str(saved.path), saved.size, saved.sha256, saved.session, saved.time)
+            self.store.add_result(saved.device, saved.action, str(saved.path), saved.size, saved.sha256, saved.session, saved.time,
+                                  data=saved.data)
 
     def event(self, kind: str, message: str, device: str | None = None, **data: Any) -> None:
         """Record an event in the store (if there is one)."""

@@ -283,6 +283,12 @@ class StoreSettings:
     #: fsync result files and their folder, and SQLite synchronous=FULL:
     #: survives power loss, at an fsync per result and per commit.
     durable: bool = False
+    #: ``store.payloads``: ``files`` (every result a file in results_dir) or
+    #: ``database`` (a result up to C{payloads_max_inline} bytes goes into
+    #: the database with its row, in the same batch: no file; larger ones
+    #: stay files).
+    payloads: str = "files"
+    payloads_max_inline: int = 1 << 20
     #: ``store.database: postgresql://user@host:port/dbname``: the cluster's
     #: shared database (then C{database} is unused).
     url: str | None = None

@@ -60,7 +60,8 @@ class ServiceSections:
     endpoint: Callable[[Node], str]
 
     def store(self, node: Node) -> StoreSettings:
-        fields = node.mapping(("database", "retention", "durable", "password", "password_env", "password_file"))
+        fields = node.mapping(("database", "retention", "durable", "password", "password_env", "password_file",
+                               "payloads", "payloads_max_inline"))
         database, url = StoreSettings.database, None
         if "database" in fields:
             text = fields["database"].text()
@@ -80,8 +81,16 @@ class ServiceSections:
             if "per_device" in retention:
                 per_device = retention["per_device"].integer()
         durable = fields["durable"].flag() if "durable" in fields else False
+        payloads = fields["payloads"].text() if "payloads" in fields else StoreSettings.payloads
+        if payloads not in ("files", "database"):
+            raise fields["payloads"].error(f"must be files or database, not {payloads!r}")
+        max_inline = StoreSettings.payloads_max_inline
+        if "payloads_max_inline" in fields:
+            max_inline = fields["payloads_max_inline"].integer()
+            if max_inline > 64 << 20:
+                raise fields["payloads_max_inline"].error("at most 67108864 bytes (64 MiB): larger results belong in files")
         return StoreSettings(database=database, retention_days=days, retention_per_device=per_device, durable=durable,
-                             url=url, password=password)
+                             url=url, password=password, payloads=payloads, payloads_max_inline=max_inline)
 
     def database_url(self, node: Node) -> str:
         """A PostgreSQL URL: host and database named; psycopg needed to use it."""

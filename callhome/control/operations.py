@@ -335,7 +335,8 @@ class ControlPlane:
                 raise NotFound(f"no result {result_id}")
             path = Path(row["path"])
             content_type = "application/xml" if path.suffix == ".xml" else "text/plain; charset=utf-8"
-            chunks = functools.partial(self.store.payload_chunk, result_id) if self.store.database.kind == "postgresql" else None
+            # No file here: another instance's (PostgreSQL) or none at all (store.payloads: database).
+            chunks = functools.partial(self.store.payload_chunk, result_id)
             return ResultFile(path, row["sha256"], content_type, chunks)
 
         return self.store.result(result_id).addCallback(found)

@@ -1,6 +1,8 @@
 """
-Result payloads in a PostgreSQL store: every instance of a cluster serves
-every result, including those of an instance whose machine is gone.
+Result payloads in the database.  On PostgreSQL every instance of a
+cluster serves every result, including those of an instance whose machine
+is gone.  With ``store.payloads: database`` (SQLite or PostgreSQL) a small
+result is never a file: its bytes go in with its row.
 
 A result is first a file (written atomically, as on SQLite); its row and
 its payload are then written together, in the same transaction as the
@@ -19,13 +21,22 @@ from callhome.storage.database import Database
 CHUNK = 1 << 20
 
 
-def insert_result(cursor: Any, database: Database, parameters: Any, path: str) -> int:
-    """Insert a results row (its INSERT in C{parameters}' order) and its payload; the row's id."""
+def insert_result(cursor: Any, database: Database, parameters: Any, payload: str | bytes) -> int:
+    """
+    Insert a results row (its INSERT in C{parameters}' order) and its
+    payload: the file at C{payload} (a str), or the bytes themselves; the
+    row's id.
+    """
     cursor.execute(database.sql(
         "INSERT INTO results (device, action, time, path, size, sha256, session, instance)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"), parameters)
     result_id = int(cursor.fetchone()[0])
-    write_payload(cursor, database, result_id, path)
+    if isinstance(payload, bytes):
+        statement = database.sql("INSERT INTO payloads (result, seq, data) VALUES (?, ?, ?)")
+        for seq, start in enumerate(range(0, max(len(payload), 1), CHUNK)):
+            cursor.execute(statement, (result_id, seq, payload[start : start + CHUNK]))
+    else:
+        write_payload(cursor, database, result_id, payload)
     return result_id
 
 

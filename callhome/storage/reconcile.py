@@ -77,11 +77,13 @@ def reconcile(connection: Any, database: Database, results_dir: Path, log: Level
     """
     found = Reconciled()
     sql = database.sql
+    # A result whose payload is in the database (store.payloads: database) has no file to miss.
+    stored = "EXISTS (SELECT 1 FROM payloads WHERE payloads.result = results.id)"
     if instance is None:
-        rows = connection.execute("SELECT id, path, missing FROM results").fetchall()
+        rows = connection.execute(f"SELECT id, path, missing, {stored} FROM results").fetchall()
     else:
-        rows = connection.execute(sql("SELECT id, path, missing FROM results WHERE instance = ?"), (instance,)).fetchall()
-    known = {os.path.realpath(path) for _, path, _ in rows}
+        rows = connection.execute(sql(f"SELECT id, path, missing, {stored} FROM results WHERE instance = ?"), (instance,)).fetchall()
+    known = {os.path.realpath(path) for _, path, _, _ in rows}
     root = Path(results_dir)
     new_rows: list[tuple[str, str, float, str, int, str]] = []
     started = time.monotonic()
@@ -110,7 +112,8 @@ def reconcile(connection: Any, database: Database, results_dir: Path, log: Level
                     log.warn("cannot read {path} to index it: {error}", path=path, error=e.strerror)
                     continue
                 new_rows.append((relative.parts[0], action, when, path, size, digest))
-    gone = [row_id for row_id, path, missing in rows if missing is None and not os.path.exists(path)]
+    gone = [row_id for row_id, path, missing, in_database in rows
+            if missing is None and not in_database and not os.path.exists(path)]
     now = time.time()
     database.begin_migration(connection)
     try:

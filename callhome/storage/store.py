@@ -56,8 +56,9 @@ RETRY_DELAY_MAX = 30.0
 
 
 #: a queued write: SQL (in the database's dialect), its parameters, and the
-#: result file whose payload goes in with it (PostgreSQL), if any.
-Queued = tuple[str, "Sequence[Any] | dict[str, Any]", "str | None"]
+#: result payload that goes in with it, if any: a file to copy
+#: (PostgreSQL) or the bytes (store.payloads: database).
+Queued = tuple[str, "Sequence[Any] | dict[str, Any]", "str | bytes | None"]
 
 
 @dataclass
@@ -148,7 +149,7 @@ class Store:
 
     # --- writes (queued) -------------------------------------------------------------
 
-    def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any], payload: str | None = None) -> None:
+    def _queue(self, sql: str, parameters: Sequence[Any] | dict[str, Any], payload: str | bytes | None = None) -> None:
         self.pending.append((self.database.sql(sql), parameters, payload))
         # While writes fail, the retry timer paces them: no flush per record.
         if len(self.pending) >= FLUSH_BATCH and self.failing is None:
@@ -169,13 +170,14 @@ class Store:
             (time.time() if when is None else when, device, kind, message, json.dumps(data) if data else None, self.instance),
         )
 
-    def add_result(self, device: str, action: str, path: str, size: int, sha256: str, session: str | None, when: float | None = None) -> None:
-        """Record a saved result file's metadata."""
+    def add_result(self, device: str, action: str, path: str, size: int, sha256: str, session: str | None, when: float | None = None,
+                   data: bytes | None = None) -> None:
+        """Record a saved result's metadata; C{data}: its payload, which is no file (store.payloads: database)."""
         self._queue(
             "INSERT INTO results (device, action, time, path, size, sha256, session, instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (device, action, time.time() if when is None else when, path, size, sha256, session, self.instance),
-            # On PostgreSQL the payload goes in with the row: any instance serves it.
-            path if self.database.kind == "postgresql" else None,
+            # The bytes, or on PostgreSQL the file to copy with the row: any instance serves it.
+            data if data is not None else path if self.database.kind == "postgresql" else None,
         )
 
     def put_device(self, status: dict[str, Any]) -> None:
@@ -305,9 +307,7 @@ class Store:
         return d.addCallback(lambda rows: rows[0] if rows else None)
 
     def payload_chunk(self, result_id: int, seq: int) -> defer.Deferred[bytes | None]:
-        """Chunk C{seq} of a result's payload in the database (PostgreSQL), or None."""
-        if self.database.kind != "postgresql":
-            return defer.succeed(None)
+        """Chunk C{seq} of a result's payload in the database (PostgreSQL, or store.payloads: database), or None."""
         return self.interaction(payloads.read_chunk, self.database, result_id, seq)
 
     def interaction(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:

@@ -7,6 +7,7 @@
     callhome ... events [--since ID|TIME] [--device D] [--kind K] [--limit N] [--follow]
     callhome ... results [--device D] [--action A] [--limit N]
     callhome ... result ID                      (the payload, to standard output)
+    callhome ... export DIR [--device D] [--action A] [--limit N]   (payloads as files under DIR)
     callhome ... pending                        (alias: quarantine)
     callhome ... approve FINGERPRINT NAME [--group G] [--offline]
     callhome ... rpc DEVICE FILE                (FILE: XML operation, or JSON action; - for stdin)
@@ -27,6 +28,7 @@ a service that is not running (it applies it at start).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -240,6 +242,34 @@ def cmd_result(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(client: Client, args: argparse.Namespace) -> int:
+    """
+    Write results' payloads as files under DIR, at their paths relative to
+    results_dir (``DEVICE/STAMP-ACTION.xml``), each checked against its
+    SHA-256: the files an operator gets with ``store.payloads: database``.
+    """
+    query = {k: v for k, v in (("device", args.device), ("action", args.action), ("limit", args.limit)) if v is not None}
+    results = client.json("GET", "/results?" + urlencode(query))["results"]
+    root = Path(args.directory).resolve()
+    written = 0
+    for result in results:
+        target = (root / result["path"]).resolve()
+        if root not in target.parents:
+            print(f"result {result['id']}: path {result['path']!r} leaves {root}; skipped", file=sys.stderr)
+            continue
+        body, _ = client.request("GET", result["url"])
+        if hashlib.sha256(body).hexdigest() != result["sha256"]:
+            print(f"result {result['id']}: payload does not match its SHA-256; skipped", file=sys.stderr)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".partial-{target.name}")
+        partial.write_bytes(body)
+        partial.replace(target)
+        written += 1
+    print(f"{written} of {len(results)} results written under {root}", file=sys.stderr)
+    return 0 if written == len(results) else 1
+
+
 def cmd_schemas(client: Client, args: argparse.Namespace) -> int:
     """The cached YANG modules, or those a device announced."""
     path = f"/schemas?device={quote(args.device, safe='')}" if args.device else "/schemas"
@@ -356,7 +386,7 @@ def _print_json(value: Any) -> int:
 
 COMMANDS = {
     "devices": cmd_devices, "sessions": cmd_sessions, "events": cmd_events, "results": cmd_results,
-    "result": cmd_result, "schemas": cmd_schemas, "pending": cmd_pending, "quarantine": cmd_pending, "approve": cmd_approve,
+    "result": cmd_result, "export": cmd_export, "schemas": cmd_schemas, "pending": cmd_pending, "quarantine": cmd_pending, "approve": cmd_approve,
     "rpc": cmd_rpc, "disconnect": cmd_disconnect, "reload": cmd_reload,
 }
 
@@ -388,6 +418,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int)
     sub = commands.add_parser("result", parents=[common], help="print one result's payload")
     sub.add_argument("id", type=int)
+    sub = commands.add_parser("export", parents=[common], help="write results' payloads as files under a directory")
+    sub.add_argument("directory")
+    sub.add_argument("--device")
+    sub.add_argument("--action")
+    sub.add_argument("--limit", type=int)
     for name in ("pending", "quarantine"):
         commands.add_parser(name, parents=[common], help="list quarantined devices")
     sub = commands.add_parser("approve", parents=[common], help="enroll a quarantined device under a name")
