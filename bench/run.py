@@ -111,6 +111,18 @@ def load(port: int, work: Path, sessions: int, concurrency: int, *extra: str) ->
     return wall, served, retried
 
 
+def variant(config: Path, port: int, new_port: int, name: str, store: str = "") -> Path:
+    """A copy of the bench config for another subject: its own port, results, state and database; more store keys."""
+    work = config.parent
+    text = config.read_text().replace(f"tcp:{port}:", f"tcp:{new_port}:")
+    for part in ("results", "state", "callhome.sqlite"):
+        text = text.replace(f"{work}/{part}", f"{work}/{name}-{part}")
+    text = text.replace("store: {", "store: {" + store)
+    path = work / f"config-{name}.yaml"
+    path.write_text(text)
+    return path
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -417,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20 sessions, 1 round (CI smoke)")
     parser.add_argument("--no-baseline", action="store_true", help="skip asyncssh")
+    parser.add_argument("--payloads-db", action="store_true",
+                        help="also run callhome with store.payloads: database (results in the SQLite batch, not files)")
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="also run callhome from this checkout (git worktree add /tmp/before COMMIT) in the same rounds")
     parser.add_argument("--storm", type=int, default=2000, help="devices in the reconnect storm (0: skip)")
@@ -473,14 +487,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.before:
             # The same load, config and round order; only the manager's code differs.
             before = args.before.resolve()
-            before_config = work / "config-before.yaml"
             before_port = free_port()
-            text = config.read_text().replace(f"tcp:{port}:", f"tcp:{before_port}:")
-            for name in ("results", "state", "callhome.sqlite"):
-                text = text.replace(f"{work}/{name}", f"{work}/before-{name}")
-            before_config.write_text(text)
-            subjects.append(Subject("callhome@before", [sys.executable, str(before / "bench" / "ours.py"), str(before_config)],
-                                    before_port, repo=before))
+            subjects.append(Subject("callhome@before", [sys.executable, str(before / "bench" / "ours.py"),
+                                                        str(variant(config, port, before_port, "before"))], before_port, repo=before))
+        if args.payloads_db:
+            db_port = free_port()
+            db_config = variant(config, port, db_port, "db", store="payloads: database, ")
+            subjects.append(Subject("callhome+db-payloads", [sys.executable, str(REPO / "bench" / "ours.py"), str(db_config)], db_port))
         if not args.no_baseline:
             try:
                 import asyncssh  # noqa: F401
@@ -524,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'ratio ours/asyncssh':22}{ours['rate'] / base['rate']:12.2f}{ours['cpu'] / base['cpu']:16.2f}"
                   f"{'-':>9}{'-':>9}")
             print("(asyncssh latency starts after its SSH handshake, at listen_reverse's acceptor: not comparable)")
+        if "callhome+db-payloads" in medians:
+            ours, base = medians["callhome+db-payloads"], medians["asyncssh"] if "asyncssh" in medians else None
+            if base is not None:
+                print(f"{'ratio db-payloads/asyncssh':22}{ours['rate'] / base['rate']:12.2f}{ours['cpu'] / base['cpu']:16.2f}{'-':>9}{'-':>9}")
         if "callhome@before" in medians:
             ours, base = medians["callhome"], medians["callhome@before"]
             print(f"{'ratio ours/before':22}{ours['rate'] / base['rate']:12.2f}{ours['cpu'] / base['cpu']:16.2f}{'-':>9}{'-':>9}")
