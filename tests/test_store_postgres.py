@@ -175,6 +175,21 @@ class PostgresStoreTests(TestCase):
         self.assertEqual(await store.prune(None, 0), 1)
         self.assertIsNone(await store.payload_chunk(row["id"], 0), "retention deletes the payload too")
 
+    async def test_payload_bytes_without_a_file(self) -> None:
+        """store.payloads: database on PostgreSQL: the bytes go in with the row, chunked, and no file exists."""
+        from callhome.storage import payloads
+
+        store = self.store()
+        store.open()
+        self.addCleanup(store.close)
+        content = b"<rpc-reply/>" * (payloads.CHUNK // 12 + 5)
+        store.add_result("edge-1", "get", str(self.tmp / "never-written.xml"), len(content), "ab", "c-1", data=content)
+        (row,) = await store.results()
+        first, second = await store.payload_chunk(row["id"], 0), await store.payload_chunk(row["id"], 1)
+        self.assertEqual((len(first), first + second), (payloads.CHUNK, content))
+        self.assertIsNone(await store.payload_chunk(row["id"], 2))
+        self.assertFalse((self.tmp / "never-written.xml").exists())
+
     async def test_writes_wait_while_the_server_is_down_and_land_when_it_is_back(self) -> None:
         """Nothing queued is lost across a server restart; the failure is counted and reported."""
         store = self.store(flush_interval=0.05)
