@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from ours import process_cpu  # noqa: E402  (bench/ is no package)
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 def _postgres_cpu(data_dir: str) -> float:
@@ -63,24 +62,10 @@ def _postgres_cpu(data_dir: str) -> float:
 
 
 def _balancer(work: Path, ports: list[int], run: Any) -> tuple[subprocess.Popen[bytes], int]:
+    from tests import haproxy
+
     port = run.free_port()
-    servers = "\n".join(f"    server i{n} 127.0.0.1:{p} send-proxy-v2 check check-send-proxy inter 1s" for n, p in enumerate(ports))
-    (work / "haproxy.cfg").write_text(f"""
-global
-    maxconn 5000
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 120s
-    timeout server 120s
-frontend callhome
-    bind 127.0.0.1:{port}
-    default_backend managers
-backend managers
-    balance roundrobin
-{servers}
-""")
-    process = subprocess.Popen([HAPROXY, "-f", str(work / "haproxy.cfg"), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = haproxy.start(work / "haproxy.cfg", port, [(f"i{n}", p) for n, p in enumerate(ports)], maxconn=5000)
     time.sleep(1.5)  # first health checks
     return process, port
 
@@ -104,11 +89,11 @@ def _config(work: Path, name: str, port: int, url: str | None, proxied: bool) ->
 def cluster(run: Any, instances: int, sessions: int, concurrency: int, rounds: int) -> bool:
     """Run the three set-ups, alternating; print the table."""
     sys.path.insert(0, str(REPO))
-    from tests import pgserver
+    from tests import haproxy, pgserver
 
-    reason = pgserver.available()
-    if reason is not None or not os.access(HAPROXY, os.X_OK):
-        print(f"cluster benchmark skipped: {reason or 'haproxy is not installed'}")
+    reason = pgserver.available() or haproxy.available()
+    if reason is not None:
+        print(f"cluster benchmark skipped: {reason}")
         return True
     server = pgserver.PostgresServer()
     os.environ["CALLHOME_BENCH_PGPASSWORD"] = pgserver.PASSWORD

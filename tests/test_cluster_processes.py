@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from callhome import fingerprints
 from callhome.simulator.ssh_server import load_or_create_host_key
-from tests import pgserver
+from tests import haproxy, pgserver
 from tests.helpers import new_key, write_key
 from tests.service_harness import REPO, Device, free_port, http, start_device
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 GET = b'<get xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"/>'
 LEASE = 3
 
@@ -63,7 +61,7 @@ class ClusterProcessTests(TestCase):
     timeout = 400
 
     def setUp(self) -> None:
-        for reason in (pgserver.available(), None if os.access(HAPROXY, os.X_OK) else "haproxy is not installed"):
+        for reason in (pgserver.available(), haproxy.available()):
             if reason is not None:
                 raise SkipTest(reason)
         self.pg = pgserver.shared()
@@ -132,29 +130,9 @@ chains: {{main: [{{get: {{}}}}]}}
 
     def balancer(self, instances: list[Twistd]) -> int:
         port = free_port()
-        servers = "\n".join(
-            f"    server {i.name} 127.0.0.1:{i.port} send-proxy-v2 check check-send-proxy inter 200ms fall 2 rise 1"
-            for i in instances
-        )
-        config = self.tmp / "haproxy.cfg"
-        config.write_text(f"""
-global
-    maxconn 2000
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 120s
-    timeout server 120s
-    retries 3
-    option redispatch
-frontend callhome
-    bind 127.0.0.1:{port}
-    default_backend managers
-backend managers
-    balance roundrobin
-{servers}
-""")
-        process = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = haproxy.start(self.tmp / "haproxy.cfg", port, [(i.name, i.port) for i in instances],
+                                check="inter 200ms fall 2 rise 1", timeout="120s", connect="1s",
+                                defaults=("retries 3", "option redispatch"))
         self.addCleanup(process.wait, 10)
         self.addCleanup(process.terminate)
         return port

@@ -10,44 +10,26 @@ address; a device calling through the balancer is served.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 from twisted.trial.unittest import SkipTest
 
+from tests import haproxy
 from tests.service_harness import RunningService, free_port, wait_for
-
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 class HaproxyTests(RunningService):
     """The service behind a real HAProxy."""
 
     def setUp(self) -> None:
-        if not os.access(HAPROXY, os.X_OK):
-            raise SkipTest("haproxy is not installed (apt-get install haproxy)")
+        reason = haproxy.available()
+        if reason is not None:
+            raise SkipTest(reason)
         super().setUp()
 
     def balancer(self, backend_port: int) -> int:
         """Start HAProxy on a free port in front of C{backend_port}; its port."""
         port = free_port()
-        config = self.tmp / "haproxy.cfg"
-        config.write_text(f"""
-global
-    maxconn 200
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-frontend callhome
-    bind 127.0.0.1:{port}
-    default_backend managers
-backend managers
-    server m1 127.0.0.1:{backend_port} send-proxy-v2 check check-send-proxy inter 100ms
-""")
-        process = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = haproxy.start(self.tmp / "haproxy.cfg", port, [("m1", backend_port)], check="inter 100ms",
+                                maxconn=200, timeout="60s")
         self.addCleanup(process.wait, 10)
         self.addCleanup(process.terminate)
         return port
