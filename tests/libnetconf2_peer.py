@@ -30,6 +30,8 @@ import time
 import weakref
 from pathlib import Path
 
+from tests.realpeer import reap_group, signal_group
+
 __all__ = ["Libnetconf2Device", "available", "build"]
 
 SOURCE = Path(__file__).resolve().parent / "peers" / "nc_tls_callhome.c"
@@ -189,31 +191,16 @@ class Libnetconf2Device:
 
     def terminate(self) -> None:
         """SIGTERM without waiting (poll L{returncode}): the driver stops calling, closes its sessions, exits 0."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if self.proc is not None:
+            signal_group(self.proc, signal.SIGTERM)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (the driver stops calling, closes its sessions, exits 0), SIGKILL after C{timeout}."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        return proc.returncode
+        signal_group(proc, signal.SIGTERM)
+        return reap_group(proc, timeout)
 
 
 def _at_exit() -> None:

@@ -372,20 +372,9 @@ class NetconfdDevice:
     def stop(self) -> None:
         """Kill the call-home processes this device spawned (not netconfd)."""
         for proc in self._procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            signal_group(proc, signal.SIGTERM)
         for proc in self._procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+            reap_group(proc, 5)
         self._procs.clear()
 
     def sshd_log(self) -> str:
@@ -395,6 +384,24 @@ class NetconfdDevice:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+
+def signal_group(proc: "subprocess.Popen[bytes]", sig: int) -> None:
+    """Send C{sig} to a running process's group (started with start_new_session)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def reap_group(proc: "subprocess.Popen[bytes]", timeout: float) -> int:
+    """Wait for a process, killing its group if it outlives C{timeout}; its exit status."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(proc, signal.SIGKILL)
+        return proc.wait()
 
 
 def _at_exit() -> None:
