@@ -107,7 +107,7 @@ class Manager:
         self.notifications_received = 0
         #: bytes received on calls that have ended (open ones are summed live).
         self.bytes_received_closed = 0
-        self.offer = algorithms.offer(self._legacy_opt_ins())
+        self._set_offer()
         self.metrics.live(
             handshakes=lambda: self.admission.pending,
             sessions=lambda: len(self.active),
@@ -129,7 +129,7 @@ class Manager:
         self.chains = chains if chains is not None else build_chains(config)
         self.registry.reconfigure(config)
         self.admission.settings = config.admission
-        self.offer = algorithms.offer(self._legacy_opt_ins())
+        self._set_offer()
         if self.results.directory != config.results_dir:
             self.results = ResultsWriter(config.results_dir, on_saved=self._saved, durable=config.store.durable)
         self.results.inline_max = self._inline_max(config)
@@ -187,11 +187,16 @@ class Manager:
         self.metrics.calls_refused.labels(refused).inc()
         return False
 
+    def _set_offer(self) -> None:
+        """The SSH algorithms to offer, and the transport class offering them (made once, not per call)."""
+        from callhome.ssh.transport import CallHomeTransport  # here, not at module level: the transport imports this package
+
+        self.offer = algorithms.offer(self._legacy_opt_ins())
+        self._transport_class = CallHomeTransport.offering(self.offer)
+
     def new_call(self) -> "CallHomeTransport":
         """An SSH call for a new, admitted connection (tracked from now on)."""
-        from callhome.ssh.transport import CallHomeTransport
-
-        call = CallHomeTransport.offering(self.offer)(
+        call = self._transport_class(
             self, self.config.ssh.handshake_timeout, idle_timeout=self.config.admission.idle_timeout,
         )
         self.active.add(call)

@@ -81,15 +81,10 @@ class CallHomeTransport(AeadTransportMixin, transport.SSHClientTransport):
         handler: CallHandler,
         handshake_timeout: float,
         idle_timeout: float | None = None,
-        offer: dict[str, list[bytes]] | None = None,
     ) -> None:
         self.handler = handler
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
-        # Prefer offering(): the lists as class attributes, not five more
-        # entries in every call's __dict__.
-        for name, algorithms in (offer or {}).items():
-            setattr(self, name, algorithms)
         self.call: CallRecord | None = None
         self.session: NetconfSession | None = None
         self._handshake_timer: IDelayedCall | None = None
