@@ -65,7 +65,7 @@ class GcmPacketTests(unittest.TestCase):
     def test_payloads_of_every_size_arrive_in_order(self) -> None:
         a, b = pair()
         payloads = [os.urandom(size) for size in range(0, 300)] + [os.urandom(40000)]
-        for i, payload in enumerate(payloads):
+        for payload in payloads:
             a.sendPacket(94, payload)
         wire = a.sent()
         b.dataReceived(wire)
